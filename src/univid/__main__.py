@@ -1,0 +1,5 @@
+import sys
+
+from univid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""Config -> network. Lives outside model/ so the model files import only torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from univid.config import Config, ModelConfig, config_from_dict
+from univid.errors import InputError
+from univid.model import EncoderStream
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BUNDLED = ("shapes-tiny",)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The backbone named by ``cfg.backbone``, freshly initialised."""
+    if cfg.backbone == "encoder":
+        return EncoderStream(
+            in_channels=cfg.in_channels,
+            patch=cfg.patch,
+            width=cfg.width,
+            depth=cfg.depth,
+            heads=cfg.heads,
+            mlp_ratio=cfg.mlp_ratio,
+            text_dim=cfg.text_dim,
+            time_freq_dim=cfg.time_freq_dim,
+        )
+    raise InputError(f"unknown backbone '{cfg.backbone}'")
+
+
+def resolve_model_dir(name_or_dir: str | Path) -> Path:
+    """A bundled model name ('shapes-tiny') or a folder with config.json + model.safetensors."""
+    if str(name_or_dir) in BUNDLED:
+        return WEIGHTS_DIR / str(name_or_dir)
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        raise InputError(
+            f"model '{name_or_dir}' not found: not a bundled model ({', '.join(BUNDLED)}) "
+            "nor an existing folder"
+        )
+    return path
+
+
+def load_model_dir(name_or_dir: str | Path) -> tuple[Config, nn.Module]:
+    """Config and weights of a model folder (a training run's folder works too)."""
+    path = resolve_model_dir(name_or_dir)
+    config_path, weights_path = path / "config.json", path / "model.safetensors"
+    for needed in (config_path, weights_path):
+        if not needed.is_file():
+            raise InputError(f"model folder {path} has no {needed.name}")
+    cfg = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    model = build_model(cfg.model)
+    try:
+        state = load_file(weights_path)
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"cannot read {weights_path}: {exc}") from None
+    load_state_strict(model, state, weights_path)
+    return cfg, model.eval()
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, failing with one clear line when they do not fit the configured model."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        first = (missing + unexpected + wrong)[0]
+        raise InputError(
+            f"weights in {source} do not match its config: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors (first: {first})"
+        )
+    model.load_state_dict(state)

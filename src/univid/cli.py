@@ -1,0 +1,161 @@
+"""The command line: ``univid train | generate | eval``. It only parses and calls.
+
+User errors (:class:`univid.UnividError`) print one line and exit with code 2; ``--debug`` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from univid.errors import InputError, UnividError
+
+
+def _train(args: argparse.Namespace) -> None:
+    from univid.config import load_config_file, resolve_config
+    from univid.train.loop import train
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise InputError(f"cannot resume: {run_dir} is not a training run (no config.json)")
+        from univid.config import apply_overrides
+
+        cfg = apply_overrides(load_config_file(run_dir / "config.json"), args.overrides)
+        train(cfg, run_dir, resume=True)
+        return
+    if args.config is None or args.out is None:
+        raise InputError("train needs CONFIG_OR_PRESET and --out DIR (or --resume DIR)")
+    # Trailing key=value words land in `config` when only overrides follow the preset.
+    cfg = resolve_config(args.config, args.overrides)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty; use --resume {out} to continue that run")
+    train(cfg, out)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from univid.pipeline import Pipeline, check_prompt
+    from univid.video import check_output_path, save_video
+
+    check_prompt(args.prompt)
+    out = check_output_path(args.out)
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    videos = pipe(
+        [args.prompt],
+        num_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        num_videos=args.num,
+        progress=True,
+    )
+    paths = [out] if args.num == 1 else [out.with_stem(f"{out.stem}-{k}") for k in range(args.num)]
+    for video, path in zip(videos, paths):
+        save_video(video, path, fps=pipe.config.data.fps, scale=args.scale)
+        print(path)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from univid.eval.report import run_eval, write_grid
+    from univid.pipeline import Pipeline
+    from univid.video import check_output_path
+
+    if Path(args.out).suffix != ".json":
+        raise InputError(f"eval output {args.out} must end in .json")
+    grid = Path(args.grid) if args.grid else Path(args.out).with_suffix(".png")
+    check_output_path(grid)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+
+    def generate(prompts: list[str], seeds: list[int]):
+        return pipe.generate(prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance)
+
+    report, videos = run_eval(generate, args.seeds, batch_size=args.batch_size)
+    report["settings"] = {
+        "model": str(args.model),
+        "seeds": args.seeds,
+        "steps": args.steps or pipe.config.flow.sample_steps,
+        "guidance": pipe.config.flow.guidance if args.guidance is None else args.guidance,
+    }
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_grid(report, videos, grid)
+    acc = report["accuracy"]
+    print(json.dumps({"all_three": acc["all_three"], **acc, "report": str(out), "grid": str(grid)}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (preset or config file + key=value overrides)")
+    p.add_argument("config", nargs="?", help="preset name (shapes-tiny, tiny) or .json/.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--out", help="run folder (checkpoints, metrics.csv, samples/)")
+    p.add_argument(
+        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
+    )
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("generate", help="generate a video from a prompt")
+    p.add_argument("prompt")
+    p.add_argument("--out", required=True, help="output: .gif, .mp4, .png (frame grid) or .npy")
+    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num", type=int, default=1, help="videos to make (seeds seed..seed+num-1)")
+    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("eval", help="judge every colour x shape x direction prompt")
+    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=int, default=42, help="videos per sampling batch")
+    p.add_argument("--out", default="report.json", help="JSON report path")
+    p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow options (`train PRESET --out DIR key=value`).
+    if args.command == "train":
+        args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
+        extra = [e for e in extra if e not in args.overrides]
+        # argparse puts the first override into `config` when no preset is given before it.
+        if args.config and "=" in args.config:
+            args.overrides = [args.config, *args.overrides]
+            args.config = None
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    for name in ("steps", "num", "seeds", "scale", "batch_size"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.exit(2, f"univid: error: --{name.replace('_', '-')} must be >= 1, got {value}\n")
+    try:
+        args.func(args)
+    except UnividError as exc:
+        if args.debug:
+            raise
+        print(f"univid: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("univid: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Typed configuration: model / text / flow / data / train sections, presets and overrides.
+
+One override path: ``section.key=value`` strings (the CLI passes them through unchanged).
+Every invalid value fails at load with a :class:`ConfigError` that names the key and what is
+allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from univid.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The network: a single stream over [time | text | video] tokens."""
+
+    backbone: str = "encoder"
+    """Backbone family; 'encoder' is torch.nn.TransformerEncoder."""
+    in_channels: int = 3
+    """Channels of the video the model sees (3 for RGB pixels)."""
+    patch: tuple[int, int, int] = (2, 4, 4)
+    """Patch size (frames, rows, columns) that turns the video into tokens."""
+    width: int = 256
+    """Token width D shared by every modality."""
+    depth: int = 6
+    """Number of transformer layers."""
+    heads: int = 4
+    """Attention heads; must divide width."""
+    mlp_ratio: float = 4.0
+    """Hidden size of the feed-forward block as a multiple of width."""
+    text_dim: int = 384
+    """Width of the text encoder's hidden states (384 for MiniLM-L6)."""
+    time_freq_dim: int = 256
+    """Number of sinusoidal features of t before the time MLP."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    """The frozen text encoder."""
+
+    encoder: str = "minilm"
+    """'minilm' (bundled all-MiniLM-L6-v2) or a local Hugging Face encoder folder."""
+    max_length: int = 32
+    """Captions are truncated to this many tokens."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowConfig:
+    """Rectified flow: time sampling in training, ODE sampling at generation."""
+
+    time_sampling: str = "logit_normal"
+    """'logit_normal' or 'uniform'."""
+    logit_mean: float = 0.0
+    """Mean of the logit-normal time distribution."""
+    logit_std: float = 1.0
+    """Standard deviation of the logit-normal time distribution."""
+    sample_steps: int = 25
+    """Default number of Euler steps when sampling."""
+    shift: float = 1.0
+    """Time shift s of the sampling schedule, t' = s t / (1 + (s - 1) t); 1 is no shift."""
+    guidance: float = 4.0
+    """Default classifier-free guidance scale; 1 disables guidance."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Training data."""
+
+    dataset: str = "shapes"
+    """Dataset; 'shapes' is the procedural shapes world that ships with univid."""
+    frames: int = 8
+    """Frames per clip."""
+    height: int = 32
+    """Frame height in pixels."""
+    width: int = 32
+    """Frame width in pixels."""
+    fps: int = 8
+    """Frames per second of written videos."""
+    caption_dropout: float = 0.1
+    """Probability of replacing a caption by the empty caption (trains the null condition)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The optimisation loop."""
+
+    steps: int = 4000
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Clips per step."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup: int = 200
+    """Linear warm-up steps."""
+    decay: str = "cosine"
+    """Learning-rate shape after warm-up: 'constant' or 'cosine' (to 10 % of the peak)."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip; 0 disables it."""
+    ema_decay: float = 0.999
+    """Decay of the exponential moving average of the weights."""
+    precision: str = "auto"
+    """'auto' (bf16 autocast on CUDA with bf16 support, else fp32), 'fp32' or 'bf16'."""
+    seed: int = 0
+    """Seed of the model init, the data stream and the noise."""
+    log_every: int = 25
+    """Steps between metric rows (the only host syncs of the loop)."""
+    sample_every: int = 500
+    """Steps between sample GIFs; 0 disables them."""
+    ckpt_every: int = 500
+    """Steps between checkpoints; the last step always checkpoints."""
+    keep_last: int = 2
+    """Checkpoints kept on disk; older ones are deleted after a new one is complete."""
+    threads: int = 0
+    """CPU threads for torch; 0 leaves torch's default."""
+    device: str = "auto"
+    """'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything needed to rebuild a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "text": TextConfig,
+    "flow": FlowConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+
+# Allowed values of the string-valued keys.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.backbone": ("encoder",),
+    "flow.time_sampling": ("logit_normal", "uniform"),
+    "data.dataset": ("shapes",),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.decay": ("constant", "cosine"),
+    "train.device": ("auto", "cpu", "cuda"),
+}
+
+
+def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def validate(cfg: Config) -> None:
+    """Range and consistency checks that span fields and sections."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _check(value in allowed, key, f"allowed: {', '.join(allowed)}", value)
+    m, d, f, t = cfg.model, cfg.data, cfg.flow, cfg.train
+    positive = {
+        "model.in_channels": m.in_channels,
+        "model.width": m.width,
+        "model.depth": m.depth,
+        "model.heads": m.heads,
+        "model.text_dim": m.text_dim,
+        "model.time_freq_dim": m.time_freq_dim,
+        "text.max_length": cfg.text.max_length,
+        "flow.sample_steps": f.sample_steps,
+        "data.frames": d.frames,
+        "data.height": d.height,
+        "data.width": d.width,
+        "data.fps": d.fps,
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.log_every": t.log_every,
+        "train.keep_last": t.keep_last,
+    }
+    for key, value in positive.items():
+        _check(value > 0, key, "must be > 0", value)
+    for key, value in {"model.mlp_ratio": m.mlp_ratio, "flow.logit_std": f.logit_std}.items():
+        _check(value > 0, key, "must be > 0", value)
+    _check(f.shift > 0, "flow.shift", "must be > 0", f.shift)
+    _check(f.guidance >= 0, "flow.guidance", "must be >= 0", f.guidance)
+    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
+    for key, value in {
+        "train.warmup": t.warmup,
+        "train.sample_every": t.sample_every,
+        "train.ckpt_every": t.ckpt_every,
+        "train.threads": t.threads,
+        "train.weight_decay": t.weight_decay,
+        "train.grad_clip": t.grad_clip,
+    }.items():
+        _check(value >= 0, key, "must be >= 0", value)
+    _check(0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1)", t.ema_decay)
+    _check(
+        0 <= d.caption_dropout < 1, "data.caption_dropout", "must be in [0, 1)", d.caption_dropout
+    )
+    _check(len(m.patch) == 3 and min(m.patch) > 0, "model.patch", "three sizes > 0", m.patch)
+    _check(m.width % m.heads == 0, "model.heads", f"must divide model.width={m.width}", m.heads)
+    for name, size, p in zip(("frames", "height", "width"), (d.frames, d.height, d.width), m.patch):
+        _check(
+            size % p == 0,
+            f"data.{name}",
+            f"must be divisible by the patch size {p} of model.patch={m.patch}",
+            size,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Building configs from dicts, files, presets and overrides
+
+
+def _suggest(name: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Turn ``value`` (from JSON, YAML or a CLI string) into the field type ``hint``."""
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r} is invalid: expected true or false")
+    if hint in (int, float):
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            number = hint(value) if hint is float else int(str(value), 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}={value!r} is invalid: expected {hint.__name__}") from None
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a string")
+        return value
+    # tuple[int, int, int]
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) != 3:
+        raise ConfigError(f"{key}={value!r} is invalid: expected three integers like 2,4,4")
+    return tuple(_coerce(key, v, int) for v in items)
+
+
+def _section_from_dict(name: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown config key '{name}.{key}'{_suggest(key, names)}")
+        hint = hints[key]
+        if isinstance(hint, types.GenericAlias):
+            hint = tuple
+        kwargs[key] = _coerce(f"{name}.{key}", value, hint)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a validated :class:`Config` from nested dicts (missing keys take defaults)."""
+    if not isinstance(values, dict):
+        raise ConfigError("a config must be a mapping of sections")
+    sections = {}
+    for name, section in values.items():
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown config section '{name}'{_suggest(name, SECTIONS)}")
+        if not isinstance(section, dict):
+            raise ConfigError(f"config section '{name}' must be a mapping")
+        sections[name] = _section_from_dict(name, SECTIONS[name], section)
+    return Config(**sections)
+
+
+def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
+    """Apply ``section.key=value`` strings to ``cfg``."""
+    values = cfg.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'{_suggest(section, SECTIONS)}")
+        values[section][name] = value
+    return config_from_dict(values)
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Read a JSON or YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    return config_from_dict(values or {})
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: named starting points. `shapes-tiny` is the bundled model's recipe.
+
+
+def preset_shapes_tiny() -> Config:
+    # A temporal patch of 4 halves the tokens of the (2, 4, 4) default: the CPU budget of a
+    # 2-core machine buys more steps that way than it loses in resolution of motion.
+    return Config(
+        model=ModelConfig(width=192, depth=6, heads=6, patch=(4, 4, 4)),
+        train=TrainConfig(
+            steps=4000, batch_size=32, lr=1e-3, warmup=200, ckpt_every=250, sample_every=500
+        ),
+    )
+
+
+def preset_tiny() -> Config:
+    """A very small model for tests and smoke runs (seconds on a laptop)."""
+    return Config(
+        model=ModelConfig(width=32, depth=2, heads=2),
+        data=DataConfig(frames=4, height=16, width=16),
+        flow=FlowConfig(sample_steps=4),
+        train=TrainConfig(
+            steps=20, batch_size=4, warmup=5, log_every=5, sample_every=0, ckpt_every=10
+        ),
+    )
+
+
+PRESETS: dict[str, Callable[[], Config]] = {
+    "shapes-tiny": preset_shapes_tiny,
+    "tiny": preset_tiny,
+}
+
+
+def resolve_config(name_or_path: str, overrides: Iterable[str] = ()) -> Config:
+    """A preset name or a config file, then overrides."""
+    if name_or_path in PRESETS:
+        cfg = PRESETS[name_or_path]()
+    elif Path(name_or_path).suffix in (".json", ".yaml", ".yml"):
+        cfg = load_config_file(name_or_path)
+    else:
+        raise ConfigError(
+            f"'{name_or_path}' is neither a preset ({', '.join(PRESETS)}) "
+            "nor a .json/.yaml config file"
+        )
+    return apply_overrides(cfg, overrides)
+
+
+__all__ = [
+    "Config",
+    "ModelConfig",
+    "TextConfig",
+    "FlowConfig",
+    "DataConfig",
+    "TrainConfig",
+    "PRESETS",
+    "apply_overrides",
+    "config_from_dict",
+    "load_config_file",
+    "resolve_config",
+    "replace",
+]

@@ -1,0 +1,178 @@
+"""The shapes world: a procedural, seeded, captioned video set that ships with univid.
+
+Each clip is a black background with one object (circle, square or triangle) of one of seven
+colours moving in a straight line at constant speed (left, right, up or down), wholly inside the
+frame. Clip ``i`` of seed ``s`` is always the same clip, so the set needs no storage.
+
+Geometry is in continuous pixel units (the frame spans [0, W] x [0, H], pixel centres at
+``i + 0.5``). The object's "radius" r is half the side of its bounding box; the frames are
+rendered 4x supersampled, so edges are anti-aliased and the box fill ratio of each shape is
+close to its continuous value (square 1, circle pi/4, triangle 1/2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 30),
+    "blue": (40, 80, 255),
+    "yellow": (240, 220, 30),
+    "magenta": (220, 40, 220),
+    "cyan": (30, 220, 220),
+    "white": (240, 240, 240),
+}
+DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
+# Unit step of each direction in (x, y) image coordinates; y grows downwards.
+DIRECTION_VECTORS: dict[str, tuple[int, int]] = {
+    "left": (-1, 0),
+    "right": (1, 0),
+    "up": (0, -1),
+    "down": (0, 1),
+}
+
+# Sizes at the reference frame size of 32 px; other sizes scale linearly.
+REFERENCE_SIZE = 32
+RADIUS_RANGE = (4.0, 7.0)
+DISTANCE_RANGE = (10.0, 16.0)
+SUPERSAMPLE = 4
+
+_SHAPE_WORDS = {
+    "circle": ("circle", "disc", "ball"),
+    "square": ("square", "box"),
+    "triangle": ("triangle",),
+}
+_MOVING = ("moving", "travelling", "sliding", "gliding")
+_TO_THE = {"left": "to the left", "right": "to the right", "up": "upward", "down": "downward"}
+_WARD = {"left": "leftward", "right": "rightward", "up": "upward", "down": "downward"}
+_TEMPLATES = (
+    "a {colour} {shape} {moving} {direction}",
+    "{colour} {shape} moves {to_the}",
+    "the {shape} is {colour} and goes {ward}",
+    "a {shape}, {colour}, {moving} {direction}",
+    "one {colour} {shape} heading {direction}",
+    "a {colour} {shape} that moves {to_the}",
+)
+
+
+def canonical_prompt(colour: str, shape: str, direction: str) -> str:
+    """The phrasing used for evaluation prompts, e.g. 'a red circle moving right'."""
+    return f"a {colour} {shape} moving {direction}"
+
+
+def all_prompts() -> list[tuple[str, str, str]]:
+    """Every (colour, shape, direction) triple of the world, in a fixed order."""
+    return [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+
+
+@dataclass(frozen=True)
+class ShapeClip:
+    """The parameters of one clip (continuous pixel units)."""
+
+    shape: str
+    colour: str
+    direction: str
+    radius: float
+    distance: float
+    start: tuple[float, float]  # (x, y) centre in the first frame
+
+    def centre(self, frame: int, frames: int) -> tuple[float, float]:
+        """Object centre in ``frame`` of ``frames``: constant speed along a straight line."""
+        frac = frame / max(frames - 1, 1)
+        dx, dy = DIRECTION_VECTORS[self.direction]
+        return (
+            self.start[0] + dx * self.distance * frac,
+            self.start[1] + dy * self.distance * frac,
+        )
+
+
+def sample_clip(
+    rng: np.random.Generator,
+    height: int = 32,
+    width: int = 32,
+    shape: str | None = None,
+    colour: str | None = None,
+    direction: str | None = None,
+) -> ShapeClip:
+    """Draw clip parameters; any attribute may be fixed. The whole path stays in the frame."""
+    scale = min(height, width) / REFERENCE_SIZE
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    direction = direction or DIRECTIONS[rng.integers(len(DIRECTIONS))]
+    radius = float(rng.uniform(*RADIUS_RANGE)) * scale
+    distance = float(rng.uniform(*DISTANCE_RANGE)) * scale
+    dx, dy = DIRECTION_VECTORS[direction]
+    centre = []
+    for step, size in ((dx, width), (dy, height)):
+        # Along the motion axis the centre needs room for the whole path.
+        room = distance if step else 0.0
+        low, high = radius, size - radius - room
+        start = float(rng.uniform(low, max(low, high)))
+        centre.append(start + room if step < 0 else start)
+    return ShapeClip(shape, colour, direction, radius, distance, (centre[0], centre[1]))
+
+
+def _coverage(clip: ShapeClip, cx: float, cy: float, height: int, width: int) -> np.ndarray:
+    """Fraction of each pixel covered by the object centred at (cx, cy): (H, W) in [0, 1]."""
+    s = SUPERSAMPLE
+    ys = (np.arange(height * s) + 0.5) / s - cy  # (Hs,)
+    xs = (np.arange(width * s) + 0.5) / s - cx  # (Ws,)
+    x, y = xs[None, :], ys[:, None]
+    r = clip.radius
+    if clip.shape == "circle":
+        inside = x * x + y * y <= r * r
+    elif clip.shape == "square":
+        inside = (np.abs(x) <= r) & (np.abs(y) <= r)
+    else:
+        # Upward-pointing isosceles triangle with apex (0, -r) and base y = r from x=-r to x=r.
+        inside = (y <= r) & (np.abs(x) <= (y + r) / 2)
+    return inside.reshape(height, s, width, s).mean(axis=(1, 3))
+
+
+def render(clip: ShapeClip, frames: int = 8, height: int = 32, width: int = 32) -> np.ndarray:
+    """Render ``clip`` as uint8 video of shape (T, H, W, 3)."""
+    colour = np.asarray(COLOURS[clip.colour], dtype=np.float32)
+    video = np.empty((frames, height, width, 3), dtype=np.uint8)
+    for f in range(frames):
+        cover = _coverage(clip, *clip.centre(f, frames), height, width)
+        video[f] = np.rint(cover[..., None] * colour).astype(np.uint8)
+    return video
+
+
+def caption(clip: ShapeClip, rng: np.random.Generator) -> str:
+    """A caption in one of several phrasings, with synonyms."""
+    template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
+    words = _SHAPE_WORDS[clip.shape]
+    return template.format(
+        colour=clip.colour,
+        shape=words[rng.integers(len(words))],
+        moving=_MOVING[rng.integers(len(_MOVING))],
+        direction=clip.direction,
+        to_the=_TO_THE[clip.direction],
+        ward=_WARD[clip.direction],
+    )
+
+
+class ShapesWorld:
+    """An endless, indexable, seeded stream of captioned clips.
+
+    ``world[i]`` returns ``(video uint8 (T, H, W, 3), caption, clip)`` and depends only on
+    ``(seed, i)``, so a run can resume at any index and two workers can split indices.
+    """
+
+    def __init__(self, frames: int = 8, height: int = 32, width: int = 32, seed: int = 0) -> None:
+        self.frames, self.height, self.width, self.seed = frames, height, width, seed
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str, ShapeClip]:
+        rng = np.random.default_rng([self.seed, index])
+        clip = sample_clip(rng, self.height, self.width)
+        return render(clip, self.frames, self.height, self.width), caption(clip, rng), clip
+
+    def batch(self, indices: range | list[int]) -> tuple[np.ndarray, list[str]]:
+        """Videos (B, T, H, W, 3) uint8 and their captions."""
+        items = [self[i] for i in indices]
+        return np.stack([v for v, _, _ in items]), [c for _, c, _ in items]

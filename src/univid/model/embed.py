@@ -1,0 +1,76 @@
+"""Token embeddings: patchify / unpatchify, sin-cos positions, time features.
+
+Only torch is imported here: the model knows nothing of flows, data or training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
+    """Video (B, C, T, H, W) -> tokens (B, N, C*pt*ph*pw), N = T/pt * H/ph * W/pw in raster order."""
+    B, C, T, H, W = x.shape
+    pt, ph, pw = patch
+    x = x.reshape(B, C, T // pt, pt, H // ph, ph, W // pw, pw)
+    x = x.permute(0, 2, 4, 6, 1, 3, 5, 7)  # (B, T', H', W', C, pt, ph, pw)
+    return x.reshape(B, (T // pt) * (H // ph) * (W // pw), C * pt * ph * pw)
+
+
+def unpatchify(
+    tokens: torch.Tensor, patch: tuple[int, int, int], shape: tuple[int, int, int, int]
+) -> torch.Tensor:
+    """Tokens (B, N, C*pt*ph*pw) -> video (B, C, T, H, W); the inverse of :func:`patchify`."""
+    C, T, H, W = shape
+    pt, ph, pw = patch
+    B = tokens.shape[0]
+    x = tokens.reshape(B, T // pt, H // ph, W // pw, C, pt, ph, pw)
+    x = x.permute(0, 4, 1, 5, 2, 6, 3, 7)  # (B, C, T', pt, H', ph, W', pw)
+    return x.reshape(B, C, T, H, W)
+
+
+def sincos_1d(positions: torch.Tensor, dim: int, base: float = 10000.0) -> torch.Tensor:
+    """Positions (...,) -> (..., dim) features [sin(p w_i), cos(p w_i)], w_i = base^(-2i/dim)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(base) * torch.arange(half, dtype=torch.float32, device=positions.device) / half
+    )
+    angles = positions.float()[..., None] * freqs  # (..., half)
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def split_3d(dim: int) -> tuple[int, int, int]:
+    """Even widths (frame, row, column) that add up to ``dim`` (which must be even)."""
+    spatial = 2 * (dim // 6)
+    return dim - 2 * spatial, spatial, spatial
+
+
+def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device) -> torch.Tensor:
+    """Factorised positions of a (T', H', W') token grid -> (T'*H'*W', dim), raster order.
+
+    Each axis gets its own band of sin-cos features, so a token's code says which frame, row
+    and column it is at independently.
+    """
+    parts = []
+    for size, width, axis in zip(grid, split_3d(dim), range(3)):
+        shape = [1, 1, 1]
+        shape[axis] = size
+        pos = torch.arange(size, device=device, dtype=torch.float32).reshape(shape).expand(*grid)
+        parts.append(sincos_1d(pos.reshape(-1), width))
+    return torch.cat(parts, dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    """Continuous t in [0, 1] -> sinusoidal features -> MLP -> (B, D)."""
+
+    def __init__(self, freq_dim: int, dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        # Scale t to [0, 1000] so the highest frequencies resolve small changes of t.
+        return self.mlp(sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype))

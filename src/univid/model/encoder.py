@@ -1,0 +1,100 @@
+"""The single stream on torch.nn.TransformerEncoder.
+
+One sequence [time | text | video] of width D goes through a stock pre-norm
+TransformerEncoder, so every video token attends to every other video token (space and time)
+and to every text token in the same attention; text padding is masked with
+``src_key_padding_mask``. Only the video tokens are read out, as a velocity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from univid.model.embed import TimeEmbedding, patchify, sincos_1d, sincos_3d, unpatchify
+
+TIME, TEXT, VIDEO = 0, 1, 2  # modality ids
+
+
+class EncoderStream(nn.Module):
+    """forward(x, t, text, text_mask) -> velocity, with x and velocity shaped (B, C, T, H, W)."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        patch: tuple[int, int, int] = (2, 4, 4),
+        width: int = 256,
+        depth: int = 6,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        text_dim: int = 384,
+        time_freq_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        if width % 2:
+            raise ValueError(f"width must be even for sin-cos positions, got {width}")
+        self.patch = tuple(patch)
+        self.width = width
+        patch_dim = in_channels * math.prod(patch)
+        self.video_in = nn.Linear(patch_dim, width)
+        # MiniLM-style hidden states have per-channel offsets; normalise before projecting.
+        self.text_norm = nn.LayerNorm(text_dim)
+        self.text_in = nn.Linear(text_dim, width)
+        self.time_embed = TimeEmbedding(time_freq_dim, width)
+        self.modality = nn.Embedding(3, width)
+        layer = nn.TransformerEncoderLayer(
+            width,
+            heads,
+            int(mlp_ratio * width),
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(
+            layer, depth, norm=nn.LayerNorm(width), enable_nested_tensor=False
+        )
+        self.head = nn.Linear(width, patch_dim)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """All initialisation in one place; the output head starts at zero (velocity 0)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        for layer in self.blocks.layers:
+            nn.init.xavier_uniform_(layer.self_attn.in_proj_weight)
+            nn.init.zeros_(layer.self_attn.in_proj_bias)
+        for linear in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
+            nn.init.normal_(linear.weight, std=0.02)
+        nn.init.normal_(self.modality.weight, std=0.02)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real."""
+        B, C, T, H, W = x.shape
+        pt, ph, pw = self.patch
+        grid = (T // pt, H // ph, W // pw)
+        L = text.shape[1]
+        emb = self.modality.weight  # (3, D)
+
+        video = self.video_in(patchify(x, self.patch))  # (B, Nv, D)
+        video = video + sincos_3d(grid, self.width, x.device).to(video.dtype) + emb[VIDEO]
+        positions = torch.arange(L, device=x.device)
+        txt = self.text_in(self.text_norm(text))  # (B, L, D)
+        txt = txt + sincos_1d(positions, self.width).to(txt.dtype) + emb[TEXT]
+        time = self.time_embed(t)[:, None] + emb[TIME]  # (B, 1, D)
+
+        seq = torch.cat([time.to(video.dtype), txt.to(video.dtype), video], dim=1)
+        keep = torch.ones(B, 1 + L + video.shape[1], dtype=torch.bool, device=x.device)
+        keep[:, 1 : 1 + L] = text_mask
+        out = self.blocks(seq, src_key_padding_mask=~keep)  # (B, 1 + L + Nv, D)
+        velocity = self.head(out[:, 1 + L :])  # (B, Nv, C*pt*ph*pw)
+        return unpatchify(velocity, self.patch, (C, T, H, W))

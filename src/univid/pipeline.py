@@ -1,0 +1,120 @@
+"""Text -> video: ``Pipeline.from_pretrained(NAME_OR_DIR)(prompt, ...)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from univid.build import load_model_dir
+from univid.config import Config
+from univid.errors import InputError
+from univid.flow import euler_sample, guided
+from univid.text import TextEncoder
+from univid.video import to_uint8
+
+MAX_PROMPT_CHARS = 2000
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def check_prompt(prompt: str) -> str:
+    """A prompt must be non-empty printable text of reasonable length."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InputError("the prompt is empty")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+    if any(not ch.isprintable() for ch in prompt):
+        raise InputError("the prompt contains control characters")
+    return prompt
+
+
+class Pipeline:
+    """A trained velocity model, its text encoder and config, ready to generate videos."""
+
+    def __init__(self, model: nn.Module, text_encoder: TextEncoder, config: Config) -> None:
+        self.model = model.eval()
+        self.text_encoder = text_encoder
+        self.config = config
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_dir: str | Path = "shapes-tiny", device: str = "auto"
+    ) -> Pipeline:
+        """Load a bundled model by name or a model / training-run folder."""
+        cfg, model = load_model_dir(name_or_dir)
+        dev = pick_device(device)
+        text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=dev)
+        return cls(model.to(dev), text, cfg)
+
+    def __call__(
+        self,
+        prompt: str | Sequence[str],
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        seed: int = 0,
+        num_videos: int = 1,
+        shift: float | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Generate uint8 video(s) of shape (T, H, W, 3).
+
+        A single prompt with ``num_videos=1`` gives one video (T, H, W, 3); otherwise the result
+        is (N, T, H, W, 3) with ``num_videos`` videos per prompt, prompt-major. Video k of a
+        prompt uses seed ``seed + k``.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise InputError("no prompt given")
+        if num_videos < 1:
+            raise InputError(f"num_videos must be >= 1, got {num_videos}")
+        all_prompts = [p for p in prompts for _ in range(num_videos)]
+        seeds = [seed + k for _ in prompts for k in range(num_videos)]
+        videos = self.generate(all_prompts, seeds, num_steps, guidance_scale, shift, progress)
+        return videos[0] if isinstance(prompt, str) and num_videos == 1 else videos
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        shift: float | None = None,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """One video per (prompt, seed) pair, in one batch: uint8 (N, T, H, W, 3)."""
+        flow, data = self.config.flow, self.config.data
+        steps = flow.sample_steps if num_steps is None else num_steps
+        scale = flow.guidance if guidance_scale is None else guidance_scale
+        shift = flow.shift if shift is None else shift
+        if steps < 1:
+            raise InputError(f"num_steps must be >= 1, got {steps}")
+        if scale < 0:
+            raise InputError(f"guidance_scale must be >= 0, got {scale}")
+        for p in prompts:
+            check_prompt(p)
+        shape = (self.config.model.in_channels, data.frames, data.height, data.width)
+        # Each video's noise comes from its own seed: a batch equals its videos made one by one.
+        noise = torch.stack(
+            [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        ).to(self.device)
+        text, mask = self.text_encoder.encode(list(prompts))
+        null, null_mask = self.text_encoder.encode([""] * len(prompts))
+        velocity = guided(self.model, text, mask, null, null_mask, scale)
+        bar = tqdm(total=steps, desc="sampling", disable=not progress, leave=False)
+        x = euler_sample(velocity, noise, steps, shift, callback=lambda _: bar.update())
+        bar.close()
+        return to_uint8(x)
