@@ -12,7 +12,7 @@ from torch import nn
 
 
 def patchify(x: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
-    """Video (B, C, T, H, W) -> tokens (B, N, C*pt*ph*pw), N = T/pt * H/ph * W/pw in raster order."""
+    """Video (B, C, T, H, W) -> tokens (B, N, C*pt*ph*pw), N = T/pt * H/ph * W/pw, raster order."""
     B, C, T, H, W = x.shape
     pt, ph, pw = patch
     x = x.reshape(B, C, T // pt, pt, H // ph, ph, W // pw, pw)
