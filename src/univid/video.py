@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +23,17 @@ def check_output_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise InputError(f"output {path} must end in one of {', '.join(FORMATS)}")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"cannot write {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise InputError(f"cannot write {path}: permission denied")
+    if not path.parent.is_dir():
+        raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    existed = path.exists()
+    try:
+        # Probe by opening for append: catches directories, permissions and read-only mounts.
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror.lower()}") from None
+    if not existed:
+        path.unlink()
     return path
 
 

@@ -1,0 +1,88 @@
+"""CPU speed of the core loop: one training step and one single-video generation.
+
+Prints one JSON line per measurement (median of repeated timed runs after warm-up):
+
+    python benchmarks/cpu_speed.py [--preset shapes-tiny] [--model shapes-tiny] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+
+import torch
+
+from univid.config import resolve_config
+from univid.pipeline import Pipeline
+from univid.train.loop import Trainer
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def emit(name: str, times: list[float], **extra: object) -> None:
+    row = {
+        "bench": name,
+        "median_s": round(statistics.median(times), 4),
+        "min_s": round(min(times), 4),
+        "repeats": len(times),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        **extra,
+    }
+    print(json.dumps(row), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="shapes-tiny", help="config whose train step is timed")
+    parser.add_argument("--model", default="shapes-tiny", help="model whose sampling is timed")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    cfg = resolve_config(args.preset, ["train.device=cpu"])
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(cfg, run_dir, progress=False)
+        step = iter(range(10**9))
+        times = timed(lambda: trainer.train_step(next(step)), args.repeats)
+    m, d = cfg.model, cfg.data
+    tokens = (d.frames // m.patch[0]) * (d.height // m.patch[1]) * (d.width // m.patch[2])
+    emit(
+        "train_step",
+        times,
+        preset=args.preset,
+        batch_size=cfg.train.batch_size,
+        video_tokens=tokens,
+        clips_per_s=round(cfg.train.batch_size / statistics.median(times), 2),
+    )
+
+    pipe = Pipeline.from_pretrained(args.model, device="cpu")
+    seeds = iter(range(10**9))
+    times = timed(lambda: pipe("a red circle moving right", seed=next(seeds)), args.repeats)
+    emit(
+        "generate_one_video",
+        times,
+        model=args.model,
+        steps=pipe.config.flow.sample_steps,
+        guidance=pipe.config.flow.guidance,
+        forwards_per_step=1,
+        batch_per_forward=2 if pipe.config.flow.guidance != 1 else 1,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Smoke tests of the command line, in-process, on a tiny model trained for a few steps."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from univid.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "tiny", "--out", str(out), "train.steps=4", "train.ckpt_every=2"]) == 0
+    return out
+
+
+def test_train_writes_a_usable_run(run_dir):
+    assert (run_dir / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss") and len(rows) == 2  # log_every=5 -> only the last step
+    assert main(["train", "--resume", str(run_dir), "train.steps=6"]) == 0
+    assert (run_dir / "checkpoints" / "step_00000006" / "COMPLETE").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".png", ".npy", ".mp4"])
+def test_generate_every_format(run_dir, tmp_path, suffix):
+    out = tmp_path / f"video{suffix}"
+    assert (
+        main(["generate", "a red circle moving right", "--out", str(out), "--model", str(run_dir)])
+        == 0
+    )
+    assert out.stat().st_size > 0
+    if suffix == ".npy":
+        video = np.load(out)
+        assert video.shape == (4, 16, 16, 3) and video.dtype == np.uint8
+    if suffix == ".png":
+        assert Image.open(out).size == (4 * 16, 16)
+
+
+def test_generate_is_deterministic_and_num_makes_several(run_dir, tmp_path):
+    args = ["generate", "blue box", "--model", str(run_dir), "--seed", "3"]
+    main([*args, "--out", str(tmp_path / "a.npy")])
+    main([*args, "--out", str(tmp_path / "b.npy")])
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    main([*args, "--out", str(tmp_path / "c.npy"), "--num", "2", "--seed", "2"])
+    # Video k of --num uses seed + k: c-1 is seed 3, the same as a.
+    assert np.array_equal(np.load(tmp_path / "c-1.npy"), np.load(tmp_path / "a.npy"))
+    assert not np.array_equal(np.load(tmp_path / "c-0.npy"), np.load(tmp_path / "a.npy"))
+
+
+def test_eval_writes_report_and_grid(run_dir, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main(["eval", "--model", str(run_dir), "--seeds", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["num_videos"] == 84 and len(report["items"]) == 84
+    assert 0 <= report["accuracy"]["all_three"] <= 1
+    assert Image.open(out.with_suffix(".png")).size[0] > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["report"] == str(out)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["train", "tiny", "--out", "{tmp}/r", "model.widht=3"],
+            "unknown config key 'model.widht'",
+        ),
+        (["train", "tiny", "--out", "{tmp}/r", "data.frames=3"], "divisible by the patch size"),
+        (
+            ["generate", "a red circle", "--out", "{tmp}/v.gif", "--model", "{tmp}/nope"],
+            "not found",
+        ),
+        (["generate", "a red circle", "--out", "{tmp}/no/dir/v.gif"], "does not exist"),
+        (["generate", "   ", "--out", "{tmp}/v.gif"], "prompt is empty"),
+        (["generate", "a\x07bell", "--out", "{tmp}/v.gif"], "control characters"),
+        (["generate", "a red circle", "--out", "{tmp}/v.txt"], "must end in one of"),
+        (["train", "--resume", "{tmp}"], "not a training run"),
+        (["generate", "a red circle", "--out", "{tmp}"], "must end in one of"),
+        (["generate", "a red circle", "--out", "{tmp}/dir.gif"], "cannot write"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
+    (tmp_path / "dir.gif").mkdir()  # a folder where the video should go: unwritable
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["generate", "a red circle", "--out", str(locked / "v.gif")]) == 2
+    assert "permission denied" in capsys.readouterr().err

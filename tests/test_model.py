@@ -1,0 +1,72 @@
+import ast
+from pathlib import Path
+
+import torch
+
+import univid
+from univid.build import build_model
+from univid.config import ModelConfig
+
+
+def tiny_model(**kw) -> torch.nn.Module:
+    return build_model(ModelConfig(width=32, depth=2, heads=2, text_dim=16, **kw))
+
+
+def test_output_shape_and_zero_init():
+    torch.manual_seed(0)
+    model = tiny_model()
+    x = torch.randn(2, 3, 4, 8, 8)
+    text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
+    v = model(x, torch.rand(2), text, mask)
+    assert v.shape == x.shape
+    # The zero-initialised head makes the first prediction exactly zero.
+    assert torch.count_nonzero(v) == 0
+
+
+def randomise_head(model):
+    torch.nn.init.normal_(model.head.weight, std=0.1)
+    return model.eval()
+
+
+def test_text_padding_is_ignored():
+    torch.manual_seed(0)
+    model = randomise_head(tiny_model())
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.rand(1)
+    text, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
+    padded = torch.cat([text, torch.randn(1, 4, 16) * 100], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 4, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(model(x, t, text, mask), model(x, t, padded, padded_mask), atol=1e-5)
+
+
+def test_text_time_and_position_change_the_output():
+    torch.manual_seed(0)
+    model = randomise_head(tiny_model())
+    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([0.5])
+    text, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
+    with torch.no_grad():
+        base = model(x, t, text, mask)
+        assert not torch.allclose(base, model(x, t, torch.randn(1, 3, 16), mask))
+        assert not torch.allclose(base, model(x, torch.tensor([0.9]), text, mask))
+        # Joint attention: changing one frame changes the prediction for another frame.
+        other = x.clone()
+        other[:, :, 2:] = torch.randn_like(other[:, :, 2:])
+        assert not torch.allclose(base[:, :, :2], model(other, t, text, mask)[:, :, :2])
+
+
+def test_model_and_flow_import_only_torch():
+    root = Path(univid.__file__).parent
+    for package in ("model", "flow"):
+        for path in (root / package).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                for name in names:
+                    top = name.split(".")[0]
+                    inside = name.startswith(f"univid.{package}")
+                    assert top in ("torch", "__future__", "math", "collections") or inside, (
+                        f"{path.name} imports {name}"
+                    )
