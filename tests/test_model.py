@@ -70,3 +70,19 @@ def test_model_and_flow_import_only_torch():
                     assert top in ("torch", "__future__", "math", "collections") or inside, (
                         f"{path.name} imports {name}"
                     )
+
+
+def test_data_prediction_returns_the_path_velocity():
+    from univid.flow import sample_path
+
+    torch.manual_seed(0)
+    model = tiny_model(prediction="data")
+    x_data, noise = torch.randn(3, 3, 4, 8, 8), torch.randn(3, 3, 4, 8, 8)
+    t = torch.tensor([0.05, 0.5, 1.0])
+    x_t, v = sample_path(x_data, noise, t)
+    # A perfect clean-video prediction gives exactly the path velocity noise - x_data.
+    assert torch.allclose(model.velocity_from_data(x_t, t, x_data), v, atol=1e-5)
+    # At initialisation the head predicts a zero video, so v = x_t / t.
+    text, mask = torch.randn(3, 2, 16), torch.ones(3, 2, dtype=torch.bool)
+    out = model(x_t, t, text, mask)
+    assert torch.allclose(out, x_t / t.reshape(-1, 1, 1, 1, 1), atol=1e-6)

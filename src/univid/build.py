@@ -30,6 +30,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             mlp_ratio=cfg.mlp_ratio,
             text_dim=cfg.text_dim,
             time_freq_dim=cfg.time_freq_dim,
+            prediction=cfg.prediction,
         )
     raise InputError(f"unknown backbone '{cfg.backbone}'")
 

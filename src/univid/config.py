@@ -41,6 +41,8 @@ class ModelConfig:
     """Width of the text encoder's hidden states (384 for MiniLM-L6)."""
     time_freq_dim: int = 256
     """Number of sinusoidal features of t before the time MLP."""
+    prediction: str = "velocity"
+    """What the head predicts: 'velocity', or 'data' (clean video, turned into a velocity)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,6 +160,7 @@ SECTIONS: dict[str, type] = {
 # Allowed values of the string-valued keys.
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": ("encoder",),
+    "model.prediction": ("velocity", "data"),
     "flow.time_sampling": ("logit_normal", "uniform"),
     "data.dataset": ("shapes",),
     "train.precision": ("auto", "fp32", "bf16"),

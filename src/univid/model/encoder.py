@@ -19,7 +19,11 @@ TIME, TEXT, VIDEO = 0, 1, 2  # modality ids
 
 
 class EncoderStream(nn.Module):
-    """forward(x, t, text, text_mask) -> velocity, with x and velocity shaped (B, C, T, H, W)."""
+    """forward(x, t, text, text_mask) -> velocity, with x and velocity shaped (B, C, T, H, W).
+
+    ``prediction='data'`` makes the head predict the clean video and returns the velocity
+    implied by it; 'velocity' reads the velocity out directly.
+    """
 
     def __init__(
         self,
@@ -32,12 +36,17 @@ class EncoderStream(nn.Module):
         mlp_ratio: float = 4.0,
         text_dim: int = 384,
         time_freq_dim: int = 256,
+        prediction: str = "velocity",
+        min_time: float = 0.05,
     ) -> None:
         super().__init__()
         if width % 2:
             raise ValueError(f"width must be even for sin-cos positions, got {width}")
+        if prediction not in ("velocity", "data"):
+            raise ValueError(f"prediction must be 'velocity' or 'data', got {prediction!r}")
         self.patch = tuple(patch)
         self.width = width
+        self.prediction, self.min_time = prediction, min_time
         patch_dim = in_channels * math.prod(patch)
         self.video_in = nn.Linear(patch_dim, width)
         # MiniLM-style hidden states have per-channel offsets; normalise before projecting.
@@ -96,5 +105,20 @@ class EncoderStream(nn.Module):
         keep = torch.ones(B, 1 + L + video.shape[1], dtype=torch.bool, device=x.device)
         keep[:, 1 : 1 + L] = text_mask
         out = self.blocks(seq, src_key_padding_mask=~keep)  # (B, 1 + L + Nv, D)
-        velocity = self.head(out[:, 1 + L :])  # (B, Nv, C*pt*ph*pw)
-        return unpatchify(velocity, self.patch, (C, T, H, W))
+        out = unpatchify(self.head(out[:, 1 + L :]), self.patch, (C, T, H, W))
+        if self.prediction == "velocity":
+            return out
+        return self.velocity_from_data(x, t, out)
+
+    def velocity_from_data(
+        self, x: torch.Tensor, t: torch.Tensor, x_data: torch.Tensor
+    ) -> torch.Tensor:
+        """v = (x_t - x_data) / t, the velocity of the straight path through x_t and x_data.
+
+        With pixel patches as wide as the model (C*pt*ph*pw >= D) a network cannot carry the
+        noise of its input through to a velocity output, but clean data lies on a small
+        manifold and is easy to predict; this reparameterisation keeps the velocity interface
+        (JiT, Li & He 2025). t is floored at ``min_time`` so errors are not blown up near t=0.
+        """
+        tt = t.float().clamp_min(self.min_time).reshape(-1, 1, 1, 1, 1)
+        return (x.float() - x_data.float()) / tt
