@@ -1,6 +1,7 @@
 import ast
 from pathlib import Path
 
+import pytest
 import torch
 
 import univid
@@ -12,9 +13,10 @@ def tiny_model(**kw) -> torch.nn.Module:
     return build_model(ModelConfig(width=32, depth=2, heads=2, text_dim=16, **kw))
 
 
-def test_output_shape_and_zero_init():
+@pytest.mark.parametrize("time_mode", ["token", "token+add"])
+def test_output_shape_and_zero_init(time_mode):
     torch.manual_seed(0)
-    model = tiny_model()
+    model = tiny_model(time_mode=time_mode)
     x = torch.randn(2, 3, 4, 8, 8)
     text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
     v = model(x, torch.rand(2), text, mask)
@@ -39,9 +41,10 @@ def test_text_padding_is_ignored():
         assert torch.allclose(model(x, t, text, mask), model(x, t, padded, padded_mask), atol=1e-5)
 
 
-def test_text_time_and_position_change_the_output():
+@pytest.mark.parametrize("time_mode", ["token", "token+add"])
+def test_text_time_and_position_change_the_output(time_mode):
     torch.manual_seed(0)
-    model = randomise_head(tiny_model())
+    model = randomise_head(tiny_model(time_mode=time_mode))
     x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([0.5])
     text, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
     with torch.no_grad():

@@ -22,3 +22,24 @@ def test_minilm_states_mask_and_cache(text_encoder):
 def test_unknown_encoder_folder(tmp_path):
     with pytest.raises(InputError, match="not 'minilm'"):
         TextEncoder(str(tmp_path))
+
+
+def test_any_local_hugging_face_folder(tmp_path):
+    """A small random BERT saved to a folder loads through the same path as MiniLM."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from univid.text import resolve_encoder_path
+
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    )
+    BertModel(config).save_pretrained(tmp_path)
+    minilm = resolve_encoder_path("minilm")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm / name, tmp_path / name)
+    encoder = TextEncoder(str(tmp_path), max_length=4)
+    states, mask = encoder.encode(["a red circle moving right and far away", "hi"])
+    assert encoder.dim == 32 and states.shape == (2, 4, 32)
+    assert mask.sum(1).tolist() == [4, 3]  # truncated to max_length; [CLS] hi [SEP]

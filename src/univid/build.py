@@ -31,6 +31,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             text_dim=cfg.text_dim,
             time_freq_dim=cfg.time_freq_dim,
             prediction=cfg.prediction,
+            time_mode=cfg.time_mode,
         )
     raise InputError(f"unknown backbone '{cfg.backbone}'")
 

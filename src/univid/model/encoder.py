@@ -22,7 +22,8 @@ class EncoderStream(nn.Module):
     """forward(x, t, text, text_mask) -> velocity, with x and velocity shaped (B, C, T, H, W).
 
     ``prediction='data'`` makes the head predict the clean video and returns the velocity
-    implied by it; 'velocity' reads the velocity out directly.
+    implied by it; 'velocity' reads the velocity out directly. ``time_mode='token'`` feeds t
+    as the first token only; 'token+add' also adds the time embedding to every token.
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class EncoderStream(nn.Module):
         time_freq_dim: int = 256,
         prediction: str = "velocity",
         min_time: float = 0.05,
+        time_mode: str = "token",
     ) -> None:
         super().__init__()
         if width % 2:
@@ -46,7 +48,9 @@ class EncoderStream(nn.Module):
             raise ValueError(f"prediction must be 'velocity' or 'data', got {prediction!r}")
         self.patch = tuple(patch)
         self.width = width
-        self.prediction, self.min_time = prediction, min_time
+        if time_mode not in ("token", "token+add"):
+            raise ValueError(f"time_mode must be 'token' or 'token+add', got {time_mode!r}")
+        self.prediction, self.min_time, self.time_mode = prediction, min_time, time_mode
         patch_dim = in_channels * math.prod(patch)
         self.video_in = nn.Linear(patch_dim, width)
         # MiniLM-style hidden states have per-channel offsets; normalise before projecting.
@@ -78,8 +82,6 @@ class EncoderStream(nn.Module):
         for layer in self.blocks.layers:
             nn.init.xavier_uniform_(layer.self_attn.in_proj_weight)
             nn.init.zeros_(layer.self_attn.in_proj_bias)
-        for linear in (self.time_embed.mlp[0], self.time_embed.mlp[2]):
-            nn.init.normal_(linear.weight, std=0.02)
         nn.init.normal_(self.modality.weight, std=0.02)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
@@ -99,9 +101,13 @@ class EncoderStream(nn.Module):
         positions = torch.arange(L, device=x.device)
         txt = self.text_in(self.text_norm(text))  # (B, L, D)
         txt = txt + sincos_1d(positions, self.width).to(txt.dtype) + emb[TEXT]
-        time = self.time_embed(t)[:, None] + emb[TIME]  # (B, 1, D)
+        t_emb = self.time_embed(t)[:, None]  # (B, 1, D)
 
-        seq = torch.cat([time.to(video.dtype), txt.to(video.dtype), video], dim=1)
+        seq = torch.cat([(t_emb + emb[TIME]).to(video.dtype), txt.to(video.dtype), video], dim=1)
+        if self.time_mode == "token+add":
+            # A lone time token reaches the video only through attention weights, too weakly
+            # to tell t = 0.3 from t = 0.95 early in training; adding t to every token does.
+            seq = seq + t_emb.to(seq.dtype)
         keep = torch.ones(B, 1 + L + video.shape[1], dtype=torch.bool, device=x.device)
         keep[:, 1 : 1 + L] = text_mask
         out = self.blocks(seq, src_key_padding_mask=~keep)  # (B, 1 + L + Nv, D)
