@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from univid.cli import main
@@ -60,6 +61,19 @@ def test_eval_writes_report_and_grid(run_dir, tmp_path, capsys):
     assert 0 <= report["accuracy"]["all_three"] <= 1
     assert Image.open(out.with_suffix(".png")).size[0] > 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["report"] == str(out)
+
+
+def test_export_half_precision(run_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "exported"
+    assert main(["export", str(run_dir), "--out", str(out), "--dtype", "float16"]) == 0
+    weights = load_file(out / "model.safetensors")
+    assert all(w.dtype == torch.float16 for w in weights.values())
+    assert (
+        main(["generate", "a red circle", "--out", str(tmp_path / "v.npy"), "--model", str(out)])
+        == 0
+    )
 
 
 @pytest.mark.parametrize(

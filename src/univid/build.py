@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from univid.config import Config, ModelConfig, config_from_dict
@@ -79,3 +79,16 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors (first: {first})"
         )
     model.load_state_dict(state)
+
+
+def export_model_dir(
+    name_or_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Copy a model (e.g. a run's EMA weights) to a plain model folder, optionally in fp16."""
+    cfg, model = load_model_dir(name_or_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / "model.safetensors")
+    (out / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+    return out

@@ -1,4 +1,4 @@
-"""The command line: ``univid train | generate | eval``. It only parses and calls.
+"""The command line: ``univid train | generate | eval | export``. It only parses and calls.
 
 User errors (:class:`univid.UnividError`) print one line and exit with code 2; ``--debug`` shows
 the traceback instead.
@@ -88,6 +88,15 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps({"all_three": acc["all_three"], **acc, "report": str(out), "grid": str(grid)}))
 
 
+def _export(args: argparse.Namespace) -> None:
+    import torch
+
+    from univid.build import export_model_dir
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    print(export_model_dir(args.model, args.out, dtype[args.dtype]))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -124,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="copy a run's EMA weights into a plain model folder")
+    p.add_argument("model", help="run folder or model folder")
+    p.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.set_defaults(func=_export)
     return parser
 
 
