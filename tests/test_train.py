@@ -1,5 +1,7 @@
 import json
+import math
 
+import pytest
 import torch
 
 from univid.build import build_model
@@ -73,3 +75,13 @@ def test_lr_schedule():
     assert lr_factor(9, 10, 100, "cosine") == 1.0
     assert abs(lr_factor(100, 10, 100, "cosine") - 0.1) < 1e-12
     assert lr_factor(50, 10, 100, "constant") == 1.0
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_training_and_sampling(tmp_path):
+    cfg = resolve_config("tiny", ["train.device=cuda", "train.steps=4", "train.sample_every=4"])
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    assert trainer.amp == torch.bfloat16
+    row = trainer.run()
+    assert math.isfinite(row["loss"])
+    assert (tmp_path / "samples" / "step_00000004.gif").is_file()
