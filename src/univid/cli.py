@@ -15,15 +15,13 @@ from univid.errors import InputError, UnividError
 
 
 def _train(args: argparse.Namespace) -> None:
-    from univid.config import load_config_file, resolve_config
+    from univid.config import apply_overrides, load_config_file, resolve_config
     from univid.train.loop import train
 
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").is_file():
             raise InputError(f"cannot resume: {run_dir} is not a training run (no config.json)")
-        from univid.config import apply_overrides
-
         cfg = apply_overrides(load_config_file(run_dir / "config.json"), args.overrides)
         train(cfg, run_dir, resume=True)
         return
