@@ -46,10 +46,10 @@ class EncoderStream(nn.Module):
             raise ValueError(f"width must be even for sin-cos positions, got {width}")
         if prediction not in ("velocity", "data"):
             raise ValueError(f"prediction must be 'velocity' or 'data', got {prediction!r}")
-        self.patch = tuple(patch)
-        self.width = width
         if time_mode not in ("token", "token+add"):
             raise ValueError(f"time_mode must be 'token' or 'token+add', got {time_mode!r}")
+        self.patch = tuple(patch)
+        self.width = width
         self.prediction, self.min_time, self.time_mode = prediction, min_time, time_mode
         patch_dim = in_channels * math.prod(patch)
         self.video_in = nn.Linear(patch_dim, width)
@@ -74,7 +74,7 @@ class EncoderStream(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """All initialisation in one place; the output head starts at zero (velocity 0)."""
+        """All initialisation in one place; the output head starts at zero."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
