@@ -95,10 +95,15 @@ def test_export_half_precision(run_dir, tmp_path):
         (["train", "--resume", "{tmp}"], "not a training run"),
         (["generate", "a red circle", "--out", "{tmp}"], "must end in one of"),
         (["generate", "a red circle", "--out", "{tmp}/dir.gif"], "cannot write"),
+        (["generate", "bad \udcff bytes", "--out", "{tmp}/v.gif"], "not valid UTF-8"),
+        (["generate", "x" * 10_000, "--out", "{tmp}/v.gif"], "at most 2000"),
+        (["train", "tiny", "--out", "{tmp}/file.txt"], "is a file, not a folder"),
+        (["eval", "--out", "{tmp}/no/dir/r.json"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     (tmp_path / "dir.gif").mkdir()  # a folder where the video should go: unwritable
+    (tmp_path / "file.txt").write_text("not a folder")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -27,11 +27,17 @@ def _train(args: argparse.Namespace) -> None:
         return
     if args.config is None or args.out is None:
         raise InputError("train needs CONFIG_OR_PRESET and --out DIR (or --resume DIR)")
-    # Trailing key=value words land in `config` when only overrides follow the preset.
     cfg = resolve_config(args.config, args.overrides)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; use --resume {out} to continue that run")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the run folder {out}: {exc.strerror}") from None
     train(cfg, out)
 
 

@@ -35,6 +35,11 @@ def check_prompt(prompt: str) -> str:
         raise InputError("the prompt is empty")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        # Undecodable bytes in argv arrive as lone surrogates.
+        raise InputError("the prompt is not valid UTF-8 text") from None
     if any(not ch.isprintable() for ch in prompt):
         raise InputError("the prompt contains control characters")
     return prompt

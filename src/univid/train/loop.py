@@ -150,33 +150,42 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress)
         sums = torch.zeros(2, device=self.device)
         start, last, count, row = time.perf_counter(), time.perf_counter(), 0, {}
-        for step in range(self.step, t.steps):
-            sums += torch.stack(self.train_step(step))
-            count += 1
-            self.step = step + 1
-            bar.update()
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                now = time.perf_counter()
-                loss, gnorm = (sums / count).tolist()  # the loop's only host sync
-                row = {
-                    "step": self.step,
-                    "loss": loss,
-                    "grad_norm": gnorm,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "steps_per_s": count / (now - last),
-                    "elapsed_s": now - start,
-                }
-                logger.log(row)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                sums.zero_()
-                last, count = now, 0
-            if t.sample_every and self.step % t.sample_every == 0:
-                self.write_samples()
-            if self.step % t.ckpt_every == 0 or self.step == t.steps:
-                self.save()
-        bar.close()
-        logger.close()
+        try:
+            for step in range(self.step, t.steps):
+                sums += torch.stack(self.train_step(step))
+                count += 1
+                self.step = step + 1
+                bar.update()
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    row = self._log_row(sums / count, count, last, start)
+                    logger.log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    sums.zero_()
+                    last, count = time.perf_counter(), 0
+                if t.sample_every and self.step % t.sample_every == 0:
+                    self.write_samples()
+                if self.step % t.ckpt_every == 0 or self.step == t.steps:
+                    self.save()
+        finally:
+            # An interrupt may land inside an optimizer step, so only the periodic
+            # checkpoints (always consistent) are trusted; nothing is saved here.
+            bar.close()
+            logger.close()
         return row
+
+    def _log_row(
+        self, means: torch.Tensor, count: int, last: float, start: float
+    ) -> dict[str, float]:
+        now = time.perf_counter()
+        loss, gnorm = means.tolist()  # the loop's only host sync
+        return {
+            "step": self.step,
+            "loss": loss,
+            "grad_norm": gnorm,
+            "lr": self.scheduler.get_last_lr()[0],
+            "steps_per_s": count / (now - last),
+            "elapsed_s": now - start,
+        }
 
     def save(self) -> Path:
         return save_checkpoint(
