@@ -33,11 +33,6 @@ def _train(args: argparse.Namespace) -> None:
         raise InputError(f"--out {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; use --resume {out} to continue that run")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json(), encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write the run folder {out}: {exc.strerror}") from None
     train(cfg, out)
 
 

@@ -144,8 +144,13 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the configured number of steps; returns the last metrics row."""
         t = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(self.cfg.to_json(), encoding="utf-8")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(self.cfg.to_json(), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the run folder {self.run_dir}: {exc.strerror}"
+            ) from None
         logger = MetricsLogger(self.run_dir)
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress)
         sums = torch.zeros(2, device=self.device)
