@@ -60,7 +60,41 @@ def test_eval_writes_report_and_grid(run_dir, tmp_path, capsys):
     assert report["num_videos"] == 84 and len(report["items"]) == 84
     assert 0 <= report["accuracy"]["all_three"] <= 1
     assert Image.open(out.with_suffix(".png")).size[0] > 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["report"] == str(out)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["report"] == str(out)
+    # The fixed validation loss is part of the report and reproducible.
+    assert len(report["validation"]["per_t"]) == 8
+    assert printed["val_loss"] == report["validation"]["val_loss"] > 0
+    main(["eval", "--model", str(run_dir), "--seeds", "1", "--out", str(tmp_path / "b.json")])
+    again = json.loads((tmp_path / "b.json").read_text())["validation"]
+    assert again == report["validation"]
+
+
+def test_dit_trains_validates_generates_and_evaluates(tmp_path, capsys):
+    run = tmp_path / "dit"
+    argv = ["train", "tiny", "model.backbone=dit", "model.adaln=shared", "train.steps=4"]
+    assert main([*argv, "train.val_every=2", "--out", str(run)]) == 0
+    rows = (run / "metrics.csv").read_text().splitlines()
+    header, values = rows[0].split(","), [r.split(",") for r in rows[1:]]
+    assert [v[0] for v in values] == ["2", "4"]  # validation steps are logged rows
+    assert all(float(v[header.index("val_loss_ema")]) > 0 for v in values)
+    video = tmp_path / "v.npy"
+    assert main(["generate", "a red circle", "--model", str(run), "--out", str(video)]) == 0
+    assert np.load(video).shape == (4, 16, 16, 3)
+    assert (
+        main(["eval", "--model", str(run), "--seeds", "1", "--out", str(tmp_path / "e.json")]) == 0
+    )
+
+
+def test_info_counts_parameters_and_flops(capsys):
+    assert main(["info", "--model", "S", "model.backbone=dit", "--text-len", "16", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["width"] == 384 and info["depth"] == 12 and info["tokens"] == 256 + 16
+    assert abs(info["forward_flops"] / info["closed_form_flops"] - 1) < 0.05
+    assert main(["info", "--model", "shapes-tiny"]) == 0
+    assert "GFLOP" in capsys.readouterr().out
+    assert main(["info", "--model", "tiny", "--height", "6"]) == 2
+    assert "multiple of the patch" in capsys.readouterr().err
 
 
 def test_export_half_precision(run_dir, tmp_path):

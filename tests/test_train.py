@@ -12,10 +12,11 @@ from univid.train.checkpoint import complete_checkpoints, latest_checkpoint
 from univid.train.loop import Trainer, lr_factor
 
 
-def test_tiny_model_overfits_one_video(text_encoder):
+@pytest.mark.parametrize("backbone", ["encoder", "dit"])
+def test_tiny_model_overfits_one_video(text_encoder, backbone):
     """One clip, one noise draw, fresh t each step: the loss must fall at least 10x."""
     torch.manual_seed(0)
-    cfg = resolve_config("tiny", ["model.width=64", "model.heads=4"])
+    cfg = resolve_config("tiny", ["model.width=64", "model.heads=4", f"model.backbone={backbone}"])
     model = build_model(cfg.model)
     video, caption, _ = ShapesWorld(frames=4, height=16, width=16, seed=0)[0]
     x = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
@@ -35,8 +36,10 @@ def test_tiny_model_overfits_one_video(text_encoder):
     assert last < first / 10, (first, last)
 
 
-def test_checkpoint_round_trip_gives_identical_next_loss(tmp_path):
-    cfg = resolve_config("tiny", ["train.steps=6", "train.ckpt_every=3", "train.keep_last=1"])
+@pytest.mark.parametrize("backbone", ["encoder", "dit"])
+def test_checkpoint_round_trip_gives_identical_next_loss(tmp_path, backbone):
+    overrides = ["train.steps=6", "train.ckpt_every=3", "train.keep_last=1"]
+    cfg = resolve_config("tiny", [*overrides, f"model.backbone={backbone}"])
     a = Trainer(cfg, tmp_path, progress=False)
     a.run()
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000006"]

@@ -12,7 +12,7 @@ from torch import nn
 
 from univid.config import Config, ModelConfig, config_from_dict
 from univid.errors import InputError
-from univid.model import EncoderStream
+from univid.model import DiTStream, EncoderStream
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUNDLED = ("shapes-tiny",)
@@ -20,19 +20,21 @@ BUNDLED = ("shapes-tiny",)
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """The backbone named by ``cfg.backbone``, freshly initialised."""
+    common = dict(
+        in_channels=cfg.in_channels,
+        patch=cfg.patch,
+        width=cfg.width,
+        depth=cfg.depth,
+        heads=cfg.heads,
+        mlp_ratio=cfg.mlp_ratio,
+        text_dim=cfg.text_dim,
+        time_freq_dim=cfg.time_freq_dim,
+        prediction=cfg.prediction,
+    )
     if cfg.backbone == "encoder":
-        return EncoderStream(
-            in_channels=cfg.in_channels,
-            patch=cfg.patch,
-            width=cfg.width,
-            depth=cfg.depth,
-            heads=cfg.heads,
-            mlp_ratio=cfg.mlp_ratio,
-            text_dim=cfg.text_dim,
-            time_freq_dim=cfg.time_freq_dim,
-            prediction=cfg.prediction,
-            time_mode=cfg.time_mode,
-        )
+        return EncoderStream(**common, time_mode=cfg.time_mode)
+    if cfg.backbone == "dit":
+        return DiTStream(**common, adaln=cfg.adaln, mlp=cfg.mlp, qk_norm=cfg.qk_norm)
     raise InputError(f"unknown backbone '{cfg.backbone}'")
 
 

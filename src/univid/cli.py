@@ -59,6 +59,7 @@ def _generate(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from univid.eval.report import run_eval, write_grid
+    from univid.eval.validation import ValidationSet
     from univid.pipeline import Pipeline
     from univid.video import check_output_path
 
@@ -75,6 +76,7 @@ def _eval(args: argparse.Namespace) -> None:
         return pipe.generate(prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance)
 
     report, videos = run_eval(generate, args.seeds, batch_size=args.batch_size)
+    report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
     report["settings"] = {
         "model": str(args.model),
         "seeds": args.seeds,
@@ -84,7 +86,45 @@ def _eval(args: argparse.Namespace) -> None:
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_grid(report, videos, grid)
     acc = report["accuracy"]
-    print(json.dumps({"all_three": acc["all_three"], **acc, "report": str(out), "grid": str(grid)}))
+    summary = {**acc, "val_loss": report["validation"]["val_loss"]}
+    print(json.dumps({**summary, "report": str(out), "grid": str(grid)}))
+
+
+def _info(args: argparse.Namespace) -> None:
+    from univid.config import resolve_config
+    from univid.info import describe
+
+    source = Path(args.model)
+    if source.is_dir():  # a model or run folder
+        source = source / "config.json"
+        if not source.is_file():
+            raise InputError(f"model folder {source.parent} has no config.json")
+    cfg = resolve_config(str(source) if source.is_file() else args.model, args.overrides)
+    d = cfg.data
+    frames, height, width = args.frames or d.frames, args.height or d.height, args.width or d.width
+    for name, size, p in zip(
+        ("frames", "height", "width"), (frames, height, width), cfg.model.patch
+    ):
+        if size % p:
+            raise InputError(f"--{name} {size} is not a multiple of the patch size {p}")
+    text_len = args.text_len or cfg.text.max_length
+    info = describe(cfg, frames, height, width, text_len)
+    if args.json:
+        print(json.dumps(info))
+        return
+    gap = 100 * (info["forward_flops"] / info["closed_form_flops"] - 1)
+    print(
+        f"model       {info['backbone']}, width {info['width']}, depth {info['depth']}, "
+        f"heads {info['heads']}, patch {'x'.join(map(str, info['patch']))}\n"
+        f"input       {frames} frames of {height}x{width}, {text_len} text tokens "
+        f"-> {info['tokens']} tokens\n"
+        f"parameters  {info['params'] / 1e6:.2f} M "
+        f"(adaLN modulation {info['params_modulation'] / 1e6:.2f} M)\n"
+        f"forward     {info['forward_flops'] / 1e9:.2f} GFLOP per video "
+        f"(closed form 2*params*N + 4*L*N^2*D: {info['closed_form_flops'] / 1e9:.2f}, "
+        f"{gap:+.1f} %)\n"
+        f"train step  {info['train_step_flops'] / 1e9:.2f} GFLOP per video (forward + backward)"
+    )
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -133,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=_eval)
 
+    p = sub.add_parser("info", help="parameters and FLOPs of a model (counted, and closed form)")
+    p.add_argument(
+        "--model", default="shapes-tiny", help="preset (tiny, S, B, L, XL, ...), config or folder"
+    )
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--frames", type=int, help="video frames (default: the config's)")
+    p.add_argument("--height", type=int, help="video height (default: the config's)")
+    p.add_argument("--width", type=int, help="video width (default: the config's)")
+    p.add_argument("--text-len", type=int, help="text tokens (default: text.max_length)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_info)
+
     p = sub.add_parser("export", help="copy a run's EMA weights into a plain model folder")
     p.add_argument("model", help="run folder or model folder")
     p.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
@@ -145,16 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow options (`train PRESET --out DIR key=value`).
-    if args.command == "train":
+    if args.command in ("train", "info"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
         # argparse puts the first override into `config` when no preset is given before it.
-        if args.config and "=" in args.config:
+        if getattr(args, "config", None) and "=" in args.config:
             args.overrides = [args.config, *args.overrides]
             args.config = None
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for name in ("steps", "num", "seeds", "scale", "batch_size"):
+    for name in (
+        "steps",
+        "num",
+        "seeds",
+        "scale",
+        "batch_size",
+        "frames",
+        "height",
+        "width",
+        "text_len",
+    ):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.exit(2, f"univid: error: --{name.replace('_', '-')} must be >= 1, got {value}\n")

@@ -24,7 +24,7 @@ class ModelConfig:
     """The network: a single stream over [time | text | video] tokens."""
 
     backbone: str = "encoder"
-    """Backbone family; 'encoder' is torch.nn.TransformerEncoder."""
+    """'encoder' (stock torch.nn.TransformerEncoder) or 'dit' (adaLN-Zero, 3-D RoPE, QK-norm)."""
     in_channels: int = 3
     """Channels of the video the model sees (3 for RGB pixels)."""
     patch: tuple[int, int, int] = (2, 4, 4)
@@ -44,7 +44,13 @@ class ModelConfig:
     prediction: str = "velocity"
     """What the head predicts: 'velocity', or 'data' (clean video, turned into a velocity)."""
     time_mode: str = "token"
-    """How t enters: 'token' (a time token) or 'token+add' (also added to every token)."""
+    """encoder: how t enters, 'token' (a time token) or 'token+add' (also added to every token)."""
+    adaln: str = "block"
+    """dit: 'block' (adaLN-Zero, a modulation MLP per block) or 'shared' (one MLP + offsets)."""
+    mlp: str = "gelu"
+    """dit: feed-forward block, 'gelu' or 'swiglu' (same parameter count)."""
+    qk_norm: bool = True
+    """dit: RMS-normalise queries and keys per head before RoPE."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +129,10 @@ class TrainConfig:
     """Steps between sample GIFs; 0 disables them."""
     ckpt_every: int = 500
     """Steps between checkpoints; the last step always checkpoints."""
+    val_every: int = 250
+    """Steps between validation losses (held-out clips, fixed noise and t); 0 disables them."""
+    val_clips: int = 32
+    """Held-out clips in the validation set (each is scored at 8 fixed values of t)."""
     keep_last: int = 2
     """Checkpoints kept on disk; older ones are deleted after a new one is complete."""
     threads: int = 0
@@ -161,9 +171,11 @@ SECTIONS: dict[str, type] = {
 
 # Allowed values of the string-valued keys.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.backbone": ("encoder",),
+    "model.backbone": ("encoder", "dit"),
     "model.prediction": ("velocity", "data"),
     "model.time_mode": ("token", "token+add"),
+    "model.adaln": ("block", "shared"),
+    "model.mlp": ("gelu", "swiglu"),
     "flow.time_sampling": ("logit_normal", "uniform"),
     "data.dataset": ("shapes",),
     "train.precision": ("auto", "fp32", "bf16"),
@@ -201,6 +213,7 @@ def validate(cfg: Config) -> None:
         "train.batch_size": t.batch_size,
         "train.log_every": t.log_every,
         "train.keep_last": t.keep_last,
+        "train.val_clips": t.val_clips,
     }
     for key, value in positive.items():
         _check(value > 0, key, "must be > 0", value)
@@ -213,6 +226,7 @@ def validate(cfg: Config) -> None:
         "train.warmup": t.warmup,
         "train.sample_every": t.sample_every,
         "train.ckpt_every": t.ckpt_every,
+        "train.val_every": t.val_every,
         "train.threads": t.threads,
         "train.weight_decay": t.weight_decay,
         "train.grad_clip": t.grad_clip,
@@ -224,6 +238,14 @@ def validate(cfg: Config) -> None:
     )
     _check(len(m.patch) == 3 and min(m.patch) > 0, "model.patch", "three sizes > 0", m.patch)
     _check(m.width % m.heads == 0, "model.heads", f"must divide model.width={m.width}", m.heads)
+    if m.backbone == "dit":
+        head = m.width // m.heads
+        _check(
+            head % 2 == 0 and head >= 6,
+            "model.heads",
+            f"dit needs an even head size >= 6 for 3-D RoPE, width/heads = {m.width}/{m.heads}",
+            m.heads,
+        )
     for name, size, p in zip(("frames", "height", "width"), (d.frames, d.height, d.width), m.patch):
         _check(
             size % p == 0,
@@ -364,9 +386,26 @@ def preset_tiny() -> Config:
     )
 
 
+# DiT's model sizes (Peebles & Xie 2023): (width, depth, heads); `tiny` is the test size.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (32, 2, 2),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
+
+
+def preset_size(name: str) -> Callable[[], Config]:
+    """A preset of size ``name`` with the default backbone and every other default."""
+    width, depth, heads = SIZES[name]
+    return lambda: Config(model=ModelConfig(width=width, depth=depth, heads=heads))
+
+
 PRESETS: dict[str, Callable[[], Config]] = {
     "shapes-tiny": preset_shapes_tiny,
     "tiny": preset_tiny,
+    **{name: preset_size(name) for name in SIZES if name != "tiny"},
 }
 
 
@@ -392,6 +431,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "PRESETS",
+    "SIZES",
     "apply_overrides",
     "config_from_dict",
     "load_config_file",

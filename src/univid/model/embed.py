@@ -74,3 +74,17 @@ class TimeEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         # Scale t to [0, 1000] so the highest frequencies resolve small changes of t.
         return self.mlp(sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def velocity_from_data(
+    x: torch.Tensor, t: torch.Tensor, x_data: torch.Tensor, min_time: float = 0.05
+) -> torch.Tensor:
+    """v = (x_t - x_data) / t, the velocity of the straight path through x_t and x_data.
+
+    With pixel patches as wide as the model (C*pt*ph*pw >= D) a network cannot carry the noise
+    of its input through to a velocity output, but clean data lies on a small manifold and is
+    easy to predict; this reparameterisation keeps the velocity interface (JiT, Li & He 2025).
+    t is floored at ``min_time`` so errors are not blown up near t=0.
+    """
+    tt = t.float().clamp_min(min_time).reshape(-1, 1, 1, 1, 1)
+    return (x.float() - x_data.float()) / tt

@@ -13,7 +13,14 @@ import math
 import torch
 from torch import nn
 
-from univid.model.embed import TimeEmbedding, patchify, sincos_1d, sincos_3d, unpatchify
+from univid.model.embed import (
+    TimeEmbedding,
+    patchify,
+    sincos_1d,
+    sincos_3d,
+    unpatchify,
+    velocity_from_data,
+)
 
 TIME, TEXT, VIDEO = 0, 1, 2  # modality ids
 
@@ -119,12 +126,5 @@ class EncoderStream(nn.Module):
     def velocity_from_data(
         self, x: torch.Tensor, t: torch.Tensor, x_data: torch.Tensor
     ) -> torch.Tensor:
-        """v = (x_t - x_data) / t, the velocity of the straight path through x_t and x_data.
-
-        With pixel patches as wide as the model (C*pt*ph*pw >= D) a network cannot carry the
-        noise of its input through to a velocity output, but clean data lies on a small
-        manifold and is easy to predict; this reparameterisation keeps the velocity interface
-        (JiT, Li & He 2025). t is floored at ``min_time`` so errors are not blown up near t=0.
-        """
-        tt = t.float().clamp_min(self.min_time).reshape(-1, 1, 1, 1, 1)
-        return (x.float() - x_data.float()) / tt
+        """The velocity implied by a clean-video prediction (see :func:`velocity_from_data`)."""
+        return velocity_from_data(x, t, x_data, self.min_time)

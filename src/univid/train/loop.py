@@ -22,6 +22,7 @@ from univid.build import build_model
 from univid.config import Config
 from univid.data.shapes import ShapesWorld, canonical_prompt
 from univid.errors import ConfigError, InputError
+from univid.eval.validation import ValidationSet
 from univid.flow import flow_loss, logit_normal, uniform
 from univid.pipeline import Pipeline, pick_device
 from univid.text import TextEncoder
@@ -34,7 +35,16 @@ SAMPLE_PROMPTS = [
     canonical_prompt("blue", "triangle", "left"),
     canonical_prompt("yellow", "circle", "down"),
 ]
-METRICS = ["step", "loss", "grad_norm", "lr", "steps_per_s", "elapsed_s"]
+METRICS = [
+    "step",
+    "loss",
+    "grad_norm",
+    "lr",
+    "steps_per_s",
+    "elapsed_s",
+    "val_loss",
+    "val_loss_ema",
+]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -99,6 +109,7 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps, t.decay)
         )
         self.world = ShapesWorld(cfg.data.frames, cfg.data.height, cfg.data.width, seed=t.seed)
+        self.val: ValidationSet | None = None  # built at the first validation
         self.step = 0
 
     def resume(self) -> Path:
@@ -161,8 +172,11 @@ class Trainer:
                 count += 1
                 self.step = step + 1
                 bar.update()
-                if self.step % t.log_every == 0 or self.step == t.steps:
+                validate = t.val_every and self.step % t.val_every == 0
+                if self.step % t.log_every == 0 or self.step == t.steps or validate:
                     row = self._log_row(sums / count, count, last, start)
+                    if validate:
+                        row.update(self.validation_losses())
                     logger.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     sums.zero_()
@@ -190,6 +204,15 @@ class Trainer:
             "lr": self.scheduler.get_last_lr()[0],
             "steps_per_s": count / (now - last),
             "elapsed_s": now - start,
+        }
+
+    def validation_losses(self) -> dict[str, float]:
+        """Fixed validation loss of the trained weights and of their EMA."""
+        if self.val is None:
+            self.val = ValidationSet(self.cfg, self.text)
+        return {
+            "val_loss": self.val.loss(self.model)["val_loss"],
+            "val_loss_ema": self.val.loss(self.ema)["val_loss"],
         }
 
     def save(self) -> Path:
@@ -220,7 +243,7 @@ class MetricsLogger:
         path = run_dir / "metrics.csv"
         new = not path.exists()
         self.file = path.open("a", newline="", encoding="utf-8")
-        self.writer = csv.DictWriter(self.file, fieldnames=METRICS)
+        self.writer = csv.DictWriter(self.file, fieldnames=METRICS, restval="")
         if new:
             self.writer.writeheader()
         try:
@@ -234,8 +257,9 @@ class MetricsLogger:
         self.writer.writerow(row)
         self.file.flush()
         if self.tb is not None:
-            for key in ("loss", "grad_norm", "lr", "steps_per_s"):
-                self.tb.add_scalar(f"train/{key}", row[key], row["step"])
+            for key in ("loss", "grad_norm", "lr", "steps_per_s", "val_loss", "val_loss_ema"):
+                if key in row:
+                    self.tb.add_scalar(f"train/{key}", row[key], row["step"])
 
     def close(self) -> None:
         self.file.close()
