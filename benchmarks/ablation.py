@@ -134,16 +134,16 @@ def cmd_run(args: argparse.Namespace) -> None:
 def read_run(run: dict) -> dict:
     run_dir = Path(run["dir"])
     with open(run_dir / "metrics.csv", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("val_loss_ema")]
+        every = list(csv.DictReader(f))
+    rows = [r for r in every if r.get("val_loss_ema")]
     report = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
-    elapsed = max(float(r["elapsed_s"]) for r in csv.DictReader(open(run_dir / "metrics.csv")))
     return {
         **run,
         "flops": [int(r["step"]) * run["step_flops"] for r in rows],
         "val_loss": [float(r["val_loss"]) for r in rows],
         "val_loss_ema": [float(r["val_loss_ema"]) for r in rows],
         "accuracy": report["accuracy"],
-        "train_s": elapsed,
+        "train_s": max(float(r["elapsed_s"]) for r in every),
     }
 
 

@@ -65,6 +65,7 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = make_mlp(width, mlp_ratio, mlp)
+        self.shared = shared
         if shared:  # per-block learned offset on the shared modulation
             self.offset = nn.Parameter(torch.zeros(MODULATIONS, width))
         else:
@@ -76,7 +77,7 @@ class DiTBlock(nn.Module):
         """x (B, N, D); cond is c (B, D), or the shared modulation (B, 6, D) for shared blocks;
         angles (N, head_dim/2) for RoPE; keep (B, N) bool, False = padding (never attended)."""
         B, N, D = x.shape
-        if hasattr(self, "offset"):
+        if self.shared:
             mod = cond + self.offset
         else:
             mod = self.modulation(cond).view(B, MODULATIONS, D)
