@@ -39,8 +39,18 @@ COMMON = [
 # Equal parameters: adaLN-Zero spends 6 D^2 per block on modulation, so the per-block variant
 # has 4 layers instead of 6; the MLP ratios absorb the rest (pooled-text and final modulation).
 VARIANTS = {
-    "encoder-token": ["model.backbone=encoder", "model.time_mode=token", "model.depth=6"],
-    "encoder-add": ["model.backbone=encoder", "model.time_mode=token+add", "model.depth=6"],
+    "encoder-token": [
+        "model.backbone=encoder",
+        "model.time_mode=token",
+        "model.depth=6",
+        "model.mlp_ratio=4",
+    ],
+    "encoder-add": [
+        "model.backbone=encoder",
+        "model.time_mode=token+add",
+        "model.depth=6",
+        "model.mlp_ratio=4",
+    ],
     "dit-adaln": [
         "model.backbone=dit",
         "model.adaln=block",
@@ -143,6 +153,7 @@ def read_run(run: dict) -> dict:
         "val_loss": [float(r["val_loss"]) for r in rows],
         "val_loss_ema": [float(r["val_loss_ema"]) for r in rows],
         "accuracy": report["accuracy"],
+        "final_val_loss": report["validation"]["val_loss"],  # the exported (EMA) weights
         "train_s": max(float(r["elapsed_s"]) for r in every),
     }
 
@@ -162,14 +173,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     doc.parent.mkdir(parents=True, exist_ok=True)
     summary, lines = {}, []
     lines.append(
-        "| variant | params | modulation params | steps | train PFLOP | val loss (EMA) "
+        "| variant | params | modulation params | steps | train TFLOP | val loss (EMA) "
         "| all-three accuracy | colour | shape | direction | per seed: val loss / all-three |"
     )
     lines.append("|---" * 11 + "|")
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     for k, name in enumerate(VARIANTS):
         group = [r for r in runs if r["variant"] == name]
-        final = [r["val_loss_ema"][-1] for r in group]
+        final = [r["final_val_loss"] for r in group]
         acc = {key: [r["accuracy"][key] for r in group] for key in group[0]["accuracy"]}
         first = group[0]
         summary[name] = {
@@ -186,19 +197,19 @@ def cmd_report(args: argparse.Namespace) -> None:
             key: "{:.1f} ± {:.1f} %".format(*(100 * v for v in mean_std(acc[key]))) for key in acc
         }
         seeds = ", ".join(
-            f"s{r['seed']}: {r['val_loss_ema'][-1]:.4f} / {100 * r['accuracy']['all_three']:.1f} %"
+            f"s{r['seed']}: {r['final_val_loss']:.4f} / {100 * r['accuracy']['all_three']:.1f} %"
             for r in group
         )
         lines.append(
             f"| {name} | {first['params'] / 1e6:.3f} M | {first['params_modulation'] / 1e6:.3f} M "
-            f"| {first['steps']} | {first['steps'] * first['step_flops'] / 1e15:.1f} "
+            f"| {first['steps']} | {first['steps'] * first['step_flops'] / 1e12:.1f} "
             f"| {vl:.4f} ± {vs:.4f} | {cells['all_three']} | {cells['colour']} "
             f"| {cells['shape']} | {cells['direction']} | {seeds} |"
         )
         colour = f"C{k}"
         for j, r in enumerate(group):
             ax_loss.plot(
-                [f / 1e15 for f in r["flops"]],
+                [f / 1e12 for f in r["flops"]],
                 r["val_loss_ema"],
                 color=colour,
                 alpha=0.9,
@@ -208,7 +219,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         am, asd = mean_std(acc["all_three"])
         ax_acc.bar(k, 100 * am, yerr=100 * asd, color=colour, capsize=4)
         ax_acc.scatter([k] * len(group), [100 * a for a in acc["all_three"]], color="k", s=10)
-    ax_loss.set_xlabel("training PFLOP")
+    ax_loss.set_xlabel("training TFLOP")
     ax_loss.set_ylabel("validation loss (EMA weights)")
     ax_loss.set_yscale("log")
     ax_loss.set_title("validation loss vs compute (solid/dashed: seeds)")

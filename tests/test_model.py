@@ -10,6 +10,7 @@ from univid.config import ModelConfig
 
 
 def tiny_model(**kw) -> torch.nn.Module:
+    kw.setdefault("backbone", "encoder")
     return build_model(ModelConfig(width=32, depth=2, heads=2, text_dim=16, **kw))
 
 

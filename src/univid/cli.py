@@ -136,6 +136,10 @@ def _export(args: argparse.Namespace) -> None:
     print(export_model_dir(args.model, args.out, dtype[args.dtype]))
 
 
+# Integer options that must be >= 1 when given.
+POSITIVE_OPTIONS = "steps num seeds scale batch_size frames height width text_len".split()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -206,17 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config = None
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for name in (
-        "steps",
-        "num",
-        "seeds",
-        "scale",
-        "batch_size",
-        "frames",
-        "height",
-        "width",
-        "text_len",
-    ):
+    for name in POSITIVE_OPTIONS:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.exit(2, f"univid: error: --{name.replace('_', '-')} must be >= 1, got {value}\n")

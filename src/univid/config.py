@@ -356,6 +356,16 @@ def load_config_file(path: str | Path) -> Config:
 # Presets: named starting points. `shapes-tiny` is the bundled model's recipe.
 
 
+# DiT's model sizes (Peebles & Xie 2023): (width, depth, heads); `tiny` is the test size.
+SIZES: dict[str, tuple[int, int, int]] = {
+    "tiny": (32, 2, 2),
+    "S": (384, 12, 6),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "XL": (1152, 28, 16),
+}
+
+
 def preset_shapes_tiny() -> Config:
     # A temporal patch of 4 halves the tokens of the (2, 4, 4) default: the CPU budget of a
     # 2-core machine buys more steps that way. A 4x4x4x3 patch is as wide as the model, so the
@@ -376,24 +386,15 @@ def preset_shapes_tiny() -> Config:
 
 def preset_tiny() -> Config:
     """A very small model for tests and smoke runs (seconds on a laptop)."""
+    width, depth, heads = SIZES["tiny"]
     return Config(
-        model=ModelConfig(width=32, depth=2, heads=2),
+        model=ModelConfig(width=width, depth=depth, heads=heads),
         data=DataConfig(frames=4, height=16, width=16),
         flow=FlowConfig(sample_steps=4),
         train=TrainConfig(
             steps=20, batch_size=4, warmup=5, log_every=5, sample_every=0, ckpt_every=10
         ),
     )
-
-
-# DiT's model sizes (Peebles & Xie 2023): (width, depth, heads); `tiny` is the test size.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (32, 2, 2),
-    "S": (384, 12, 6),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "XL": (1152, 28, 16),
-}
 
 
 def preset_size(name: str) -> Callable[[], Config]:

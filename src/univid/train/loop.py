@@ -172,7 +172,7 @@ class Trainer:
                 count += 1
                 self.step = step + 1
                 bar.update()
-                validate = t.val_every and self.step % t.val_every == 0
+                validate = t.val_every and (self.step % t.val_every == 0 or self.step == t.steps)
                 if self.step % t.log_every == 0 or self.step == t.steps or validate:
                     row = self._log_row(sums / count, count, last, start)
                     if validate:
