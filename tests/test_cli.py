@@ -70,10 +70,14 @@ def test_eval_writes_report_and_grid(run_dir, tmp_path, capsys):
     assert again == report["validation"]
 
 
-def test_dit_trains_validates_generates_and_evaluates(tmp_path, capsys):
-    run = tmp_path / "dit"
-    argv = ["train", "tiny", "model.backbone=dit", "model.adaln=shared", "train.steps=4"]
-    assert main([*argv, "train.val_every=2", "--out", str(run)]) == 0
+@pytest.mark.parametrize("variant", ["model.backbone=encoder", "model.adaln=shared"])
+def test_other_backbones_train_validate_generate_and_evaluate(tmp_path, variant):
+    """The default (dit, per-block adaLN) is the run_dir fixture; these are the others."""
+    run = tmp_path / "run"
+    argv = ["train", "tiny", variant, "train.steps=4", "train.val_every=2", "--out", str(run)]
+    assert main(argv) == 0
+    key, value = variant.removeprefix("model.").split("=")
+    assert json.loads((run / "config.json").read_text())["model"][key] == value
     rows = (run / "metrics.csv").read_text().splitlines()
     header, values = rows[0].split(","), [r.split(",") for r in rows[1:]]
     assert [v[0] for v in values] == ["2", "4"]  # validation steps are logged rows
