@@ -16,10 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from univid.model.embed import TimeEmbedding, patchify, unpatchify, velocity_from_data
+from univid.model.embed import (
+    TimeEmbedding,
+    patchify,
+    per_sample_linear,
+    unpatchify,
+    velocity_from_data,
+)
 from univid.model.rope import apply_rope, rope_angles, stream_positions
 
 MODULATIONS = 6  # shift, scale, gate for attention; shift, scale, gate for the MLP
+
+
+def modulation(mlp: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
+    """SiLU -> Linear of the conditioning vector c (B, D), the same bits whatever B."""
+    return per_sample_linear(mlp[1], mlp[0](c))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -45,9 +56,9 @@ def make_mlp(width: int, mlp_ratio: float, kind: str) -> nn.Module:
     hidden = int(mlp_ratio * width)
     if kind == "swiglu":
         return SwiGLU(width, int(2 * hidden / 3))
-    return nn.Sequential(
-        nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-    )
+    # Exact (erf) GELU: CPU's vectorised tanh-GELU rounds the elements of a tensor's tail
+    # differently, which made a batch differ from its items run alone.
+    return nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
 
 class DiTBlock(nn.Module):
@@ -80,7 +91,7 @@ class DiTBlock(nn.Module):
         if self.shared:
             mod = cond + self.offset
         else:
-            mod = self.modulation(cond).view(B, MODULATIONS, D)
+            mod = modulation(self.modulation, cond).view(B, MODULATIONS, D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=1)
 
         h = modulate(self.norm1(x), shift1, scale1)
@@ -161,7 +172,7 @@ class DiTStream(nn.Module):
         """c (B, D) = time embedding + projection of the mean of the real caption tokens."""
         weights = text_mask.to(text.dtype)[..., None]
         pooled = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return self.time_embed(t) + self.text_pool(pooled)
+        return self.time_embed(t) + per_sample_linear(self.text_pool, pooled)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
@@ -177,10 +188,10 @@ class DiTStream(nn.Module):
         seq = torch.cat([self.text_in(text).to(video.dtype), video], dim=1)
         keep = torch.cat([text_mask, text_mask.new_ones(B, video.shape[1])], dim=1)
         angles = rope_angles(stream_positions(L, grid, x.device), self.head_dim, self.rope_base)
-        cond = self.modulation(c).view(B, MODULATIONS, -1) if self.shared else c
+        cond = modulation(self.modulation, c).view(B, MODULATIONS, -1) if self.shared else c
         for block in self.blocks:
             seq = block(seq, cond, angles, keep)
-        shift, scale = self.modulation_out(c).chunk(2, dim=-1)
+        shift, scale = modulation(self.modulation_out, c).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(seq[:, L:]), shift, scale))
         out = unpatchify(out, self.patch, (C, T, H, W))
         if self.prediction == "velocity":

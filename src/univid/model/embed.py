@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -63,6 +64,19 @@ def sincos_3d(grid: tuple[int, int, int], dim: int, device: torch.device) -> tor
     return torch.cat(parts, dim=-1)
 
 
+def per_sample_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for per-sample vectors x (B, D) whose bits do not depend on B.
+
+    CPU BLAS picks its kernel by the number of rows, so row b of a small (B, D) matmul changes
+    in the last bit with B, and a batch of videos would drift from the same videos made alone.
+    Accumulating in float64 and rounding once to float32 removes that (checked for B = 1..64).
+    Only fp32 on CPU takes this path; the cost is a few per-sample matmuls per forward.
+    """
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return linear(x)
+    return F.linear(x.double(), linear.weight.double(), linear.bias.double()).float()
+
+
 class TimeEmbedding(nn.Module):
     """Continuous t in [0, 1] -> sinusoidal features -> MLP -> (B, D)."""
 
@@ -73,7 +87,9 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         # Scale t to [0, 1000] so the highest frequencies resolve small changes of t.
-        return self.mlp(sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype))
+        h = sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)
+        h = per_sample_linear(self.mlp[0], h)
+        return per_sample_linear(self.mlp[2], self.mlp[1](h))
 
 
 def velocity_from_data(
