@@ -1,5 +1,6 @@
 import pytest
 import torch
+from test_model import randomise_zero_inits
 
 from univid.build import build_model
 from univid.config import ModelConfig, resolve_config
@@ -12,15 +13,6 @@ def dit(**kw) -> torch.nn.Module:
     return build_model(
         ModelConfig(backbone="dit", width=48, depth=2, heads=4, text_dim=16, **kw)
     ).eval()
-
-
-def randomise(model: torch.nn.Module) -> torch.nn.Module:
-    """Give the zero-initialised modulations, offsets and head random values."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "modulation" in name or "offset" in name or name.startswith("head"):
-                p.normal_(std=0.2)
-    return model
 
 
 # ---- RoPE ------------------------------------------------------------------------------------
@@ -108,26 +100,9 @@ def test_shared_adaln_saves_the_per_block_modulation_parameters():
 # ---- the DiT stream --------------------------------------------------------------------------
 
 
-def test_dit_sees_text_time_and_other_frames_and_ignores_padding():
-    torch.manual_seed(0)
-    model = randomise(dit())
-    x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([0.5])
-    text, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
-    with torch.no_grad():
-        base = model(x, t, text, mask)
-        assert not torch.allclose(base, model(x, t, torch.randn(1, 3, 16), mask))
-        assert not torch.allclose(base, model(x, torch.tensor([0.9]), text, mask))
-        other = x.clone()
-        other[:, :, 2:] = torch.randn_like(other[:, :, 2:])
-        assert not torch.allclose(base[:, :, :2], model(other, t, text, mask)[:, :, :2])
-        padded = torch.cat([text, torch.randn(1, 4, 16) * 100], dim=1)
-        padded_mask = torch.cat([mask, torch.zeros(1, 4, dtype=torch.bool)], dim=1)
-        assert torch.allclose(base, model(x, t, padded, padded_mask), atol=1e-5)
-
-
 def test_dit_batch_equals_items_one_by_one():
     torch.manual_seed(0)
-    model = randomise(dit(adaln="shared"))
+    model = randomise_zero_inits(dit(adaln="shared"))
     x, t = torch.randn(2, 3, 4, 8, 8), torch.rand(2)
     text, mask = torch.randn(2, 5, 16), torch.ones(2, 5, dtype=torch.bool)
     mask[1, 2:] = False

@@ -26,14 +26,23 @@ def test_output_shape_and_zero_init(time_mode):
     assert torch.count_nonzero(v) == 0
 
 
-def randomise_head(model):
-    torch.nn.init.normal_(model.head.weight, std=0.1)
+def randomise_zero_inits(model):
+    """Random values for what starts at zero: the head, and the dit's modulations and offsets."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modulation" in name or "offset" in name or name.startswith("head"):
+                p.normal_(std=0.2)
     return model.eval()
 
 
-def test_text_padding_is_ignored():
+BACKBONES = [{"time_mode": "token"}, {"time_mode": "token+add"}, {"backbone": "dit"}]
+BACKBONES += [{"backbone": "dit", "adaln": "shared"}]
+
+
+@pytest.mark.parametrize("kw", BACKBONES)
+def test_text_padding_is_ignored(kw):
     torch.manual_seed(0)
-    model = randomise_head(tiny_model())
+    model = randomise_zero_inits(tiny_model(**kw))
     x, t = torch.randn(1, 3, 4, 8, 8), torch.rand(1)
     text, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
     padded = torch.cat([text, torch.randn(1, 4, 16) * 100], dim=1)
@@ -42,10 +51,10 @@ def test_text_padding_is_ignored():
         assert torch.allclose(model(x, t, text, mask), model(x, t, padded, padded_mask), atol=1e-5)
 
 
-@pytest.mark.parametrize("time_mode", ["token", "token+add"])
-def test_text_time_and_position_change_the_output(time_mode):
+@pytest.mark.parametrize("kw", BACKBONES)
+def test_text_time_and_position_change_the_output(kw):
     torch.manual_seed(0)
-    model = randomise_head(tiny_model(time_mode=time_mode))
+    model = randomise_zero_inits(tiny_model(**kw))
     x, t = torch.randn(1, 3, 4, 8, 8), torch.tensor([0.5])
     text, mask = torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool)
     with torch.no_grad():
