@@ -7,6 +7,7 @@ import torch
 import univid
 from univid.build import build_model
 from univid.config import ModelConfig
+from univid.model.embed import velocity_from_data
 
 
 def tiny_model(**kw) -> torch.nn.Module:
@@ -94,7 +95,7 @@ def test_data_prediction_returns_the_path_velocity():
     t = torch.tensor([0.05, 0.5, 1.0])
     x_t, v = sample_path(x_data, noise, t)
     # A perfect clean-video prediction gives exactly the path velocity noise - x_data.
-    assert torch.allclose(model.velocity_from_data(x_t, t, x_data), v, atol=1e-5)
+    assert torch.allclose(velocity_from_data(x_t, t, x_data, model.min_time), v, atol=1e-5)
     # At initialisation the head predicts a zero video, so v = x_t / t.
     text, mask = torch.randn(3, 2, 16), torch.ones(3, 2, dtype=torch.bool)
     out = model(x_t, t, text, mask)

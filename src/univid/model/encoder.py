@@ -121,10 +121,4 @@ class EncoderStream(nn.Module):
         out = unpatchify(self.head(out[:, 1 + L :]), self.patch, (C, T, H, W))
         if self.prediction == "velocity":
             return out
-        return self.velocity_from_data(x, t, out)
-
-    def velocity_from_data(
-        self, x: torch.Tensor, t: torch.Tensor, x_data: torch.Tensor
-    ) -> torch.Tensor:
-        """The velocity implied by a clean-video prediction (see :func:`velocity_from_data`)."""
-        return velocity_from_data(x, t, x_data, self.min_time)
+        return velocity_from_data(x, t, out, self.min_time)
