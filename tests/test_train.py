@@ -44,12 +44,12 @@ def test_checkpoint_round_trip_gives_identical_next_loss(tmp_path, backbone):
     a.run()
     assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000006"]
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
-    loss_a, _ = a.train_step(6)
+    loss_a, _ = a.train_step()
 
     b = Trainer(cfg, tmp_path, progress=False)
     assert b.resume() == latest_checkpoint(tmp_path)
     assert b.step == 6
-    loss_b, _ = b.train_step(6)
+    loss_b, _ = b.train_step()
     assert loss_a.item() == loss_b.item()
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(pa, pb)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +32,9 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()):
+    # Under torchrun only rank 0 checks: the others could already see its new run folder.
+    first_rank = os.environ.get("RANK", "0") == "0"
+    if first_rank and out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; use --resume {out} to continue that run")
     train(cfg, out)
 

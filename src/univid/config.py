@@ -139,6 +139,27 @@ class TrainConfig:
     """CPU threads for torch; 0 leaves torch's default."""
     device: str = "auto"
     """'auto' (CUDA if present, else CPU), 'cpu' or 'cuda'."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step; the global batch is
+    batch_size x ranks x grad_accum."""
+    activation_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (less memory, ~1/3 more compute)."""
+    compile: bool = False
+    """torch.compile each block (regional compilation) before training."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParallelConfig:
+    """Scaling out with torch.distributed (launch with torchrun)."""
+
+    mode: str = "none"
+    """'none' (one process), 'ddp' (replicated weights) or 'fsdp' (FSDP2 sharded weights)."""
+    backend: str = "auto"
+    """Process-group backend: 'auto' (NCCL on CUDA, gloo on CPU), 'gloo' or 'nccl'."""
+    timeout_s: int = 600
+    """Seconds a collective may wait for the other ranks before the run fails."""
+    reshard_after_forward: bool = True
+    """fsdp: free gathered weights after each block's forward (ZeRO-3) rather than keep them."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +171,7 @@ class Config:
     flow: FlowConfig = field(default_factory=FlowConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -167,6 +189,7 @@ SECTIONS: dict[str, type] = {
     "flow": FlowConfig,
     "data": DataConfig,
     "train": TrainConfig,
+    "parallel": ParallelConfig,
 }
 
 # Allowed values of the string-valued keys.
@@ -181,6 +204,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.precision": ("auto", "fp32", "bf16"),
     "train.decay": ("constant", "cosine"),
     "train.device": ("auto", "cpu", "cuda"),
+    "parallel.mode": ("none", "ddp", "fsdp"),
+    "parallel.backend": ("auto", "gloo", "nccl"),
 }
 
 
@@ -214,6 +239,8 @@ def validate(cfg: Config) -> None:
         "train.log_every": t.log_every,
         "train.keep_last": t.keep_last,
         "train.val_clips": t.val_clips,
+        "train.grad_accum": t.grad_accum,
+        "parallel.timeout_s": cfg.parallel.timeout_s,
     }
     for key, value in positive.items():
         _check(value > 0, key, "must be > 0", value)
@@ -438,6 +465,7 @@ __all__ = [
     "FlowConfig",
     "DataConfig",
     "TrainConfig",
+    "ParallelConfig",
     "PRESETS",
     "SIZES",
     "apply_overrides",

@@ -33,6 +33,16 @@ def flow_loss(
     t: torch.Tensor,
 ) -> torch.Tensor:
     """Mean squared error between ``velocity_fn(x_t, t)`` and the path velocity (fp32)."""
+    return flow_loss_per_sample(velocity_fn, x_data, noise, t).mean()
+
+
+def flow_loss_per_sample(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_data: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+) -> torch.Tensor:
+    """Like :func:`flow_loss`, but one mean squared error per sample: shape (B,)."""
     x_t, target = sample_path(x_data, noise, t)
     prediction = velocity_fn(x_t, t)
-    return torch.mean((prediction.float() - target.float()) ** 2)
+    return ((prediction.float() - target.float()) ** 2).flatten(1).mean(1)

@@ -1,31 +1,54 @@
-"""Crash-safe checkpoints.
+"""Crash-safe, sharded checkpoints through ``torch.distributed.checkpoint`` (DCP).
 
 A checkpoint is a folder ``checkpoints/step_XXXXXXXX`` holding
 
-    model.safetensors   raw weights            ema.safetensors   EMA weights
-    trainer.pt          optimizer + LR state   config.json       the run's config
-    COMPLETE            written last
+    state/*.safetensors   model, EMA and optimizer tensors, one file per rank, written by DCP's
+                          Hugging Face storage writer (shard offsets live in the safetensors
+                          header, so a checkpoint loads onto any number of ranks)
+    trainer.json          step, samples consumed, LR schedule, optimizer hyper-parameters
+    rng/rank_R.json       every random generator of rank R (torch, CUDA, numpy, python)
+    config.json           the run's config
+    COMPLETE              written last
 
-It is written under a temporary name, flushed to disk, then renamed, so a crash never leaves a
-half checkpoint under a real name; older checkpoints are deleted only after the new one is
-complete. The run folder also gets ``model.safetensors`` (EMA) + ``config.json`` so that
-``univid generate --model RUN_DIR`` works at any time.
+Nothing in it needs unpickling. Every rank writes into a temporary folder; after a barrier,
+rank 0 flushes everything to disk, writes the marker and renames the folder, so a crash never
+leaves a half checkpoint under a real name; older checkpoints are deleted only after the new one
+is complete. The run folder also gets the consolidated EMA weights (``model.safetensors``) and
+``config.json``, so ``univid generate --model RUN_DIR`` works at any time.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
 from torch import nn
+from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 
 from univid.errors import InputError
+from univid.parallel import Dist
 
 MARKER = "COMPLETE"
+FORMAT = 2
 
 
 def _fsync(path: Path) -> None:
@@ -36,10 +59,6 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _weights(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-
-
 def atomic_write(path: Path, write: Any) -> None:
     """Call ``write(tmp_path)``, fsync, and rename onto ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -48,46 +67,108 @@ def atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
+def _tensor_state(
+    model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """DCP's view of the run: (tensors keyed by plain parameter names, optimizer groups)."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    tensors = {
+        "model": model_state,
+        "ema": get_model_state_dict(ema),
+        "optim": optim_state["state"],
+    }
+    return tensors, optim_state["param_groups"]
+
+
+@contextmanager
+def _one_process_is_fine() -> Iterator[None]:
+    """Silence DCP's warning that it runs without a process group: a one-process run does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators as JSON-able values."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [py_version, list(py_internal), py_gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
 def save_checkpoint(
     run_dir: Path,
-    step: int,
+    info: Dist,
     model: nn.Module,
     ema: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    trainer_state: dict[str, Any],
     config_json: str,
     keep_last: int,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, refresh the run's exported weights, prune old ones."""
+    """Write checkpoint ``trainer_state['step']`` (a collective: every rank calls it)."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    step = int(trainer_state["step"])
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_weights(model), tmp / "model.safetensors")
-    save_file(_weights(ema), tmp / "ema.safetensors")
-    trainer = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-    }
-    torch.save(trainer, tmp / "trainer.pt")
-    (tmp / "config.json").write_text(config_json, encoding="utf-8")
-    for f in tmp.iterdir():
-        _fsync(f)
-    (tmp / MARKER).write_text(str(step), encoding="utf-8")
-    _fsync(tmp / MARKER)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync(root)
-
-    atomic_write(run_dir / "model.safetensors", lambda p: save_file(_weights(ema), p))
-    atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
-    for old in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old)
+    if info.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    info.barrier()
+    tensors, groups = _tensor_state(model, ema, optimizer)
+    writer = HuggingFaceStorageWriter(str(tmp / "state"), save_distributed=True)
+    with _one_process_is_fine():
+        dcp.save(tensors, storage_writer=writer, no_dist=not dist.is_initialized())
+    rng_path = tmp / "rng" / f"rank_{info.rank}.json"
+    rng_path.write_text(json.dumps(rng_state()), encoding="utf-8")
+    _fsync(rng_path)
+    info.barrier()
+    if info.main:
+        meta = {"format": FORMAT, **trainer_state, "param_groups": groups}
+        (tmp / "trainer.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        (tmp / "config.json").write_text(config_json, encoding="utf-8")
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync(f)
+        (tmp / MARKER).write_text(str(step), encoding="utf-8")
+        _fsync(tmp / MARKER)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+    export_weights(run_dir, info, ema, config_json)
+    if info.main:
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+    info.barrier()
     return final
+
+
+def export_weights(run_dir: Path, info: Dist, module: nn.Module, config_json: str) -> None:
+    """Consolidate ``module``'s (maybe sharded) weights into one plain safetensors file."""
+    full = get_model_state_dict(
+        module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if info.main:
+        state = {k: v.contiguous() for k, v in full.items()}
+        atomic_write(run_dir / "model.safetensors", lambda p: save_file(state, p))
+        atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -107,19 +188,41 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(
     path: Path,
+    info: Dist,
     model: nn.Module,
     ema: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-) -> int:
-    """Restore everything saved by :func:`save_checkpoint`; returns the step to continue from."""
-    for name in ("model.safetensors", "ema.safetensors", "trainer.pt"):
-        if not (path / name).is_file():
-            raise InputError(f"checkpoint {path} is missing {name}")
-    model.load_state_dict(load_file(path / "model.safetensors"))
-    ema.load_state_dict(load_file(path / "ema.safetensors"))
-    # Optimizer state is plain tensors and numbers: never unpickle arbitrary objects.
-    trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
-    scheduler.load_state_dict(trainer["scheduler"])
-    return int(trainer["step"])
+) -> dict[str, Any]:
+    """Restore model, EMA, optimizer and this rank's RNG; returns trainer.json's contents.
+
+    Any layout of ranks loads any other: DCP reads the slices each rank needs."""
+    meta_path = path / "trainer.json"
+    if not meta_path.is_file() or not (path / "state").is_dir():
+        raise InputError(f"checkpoint {path} is not a univid checkpoint (no trainer.json/state)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("format") != FORMAT:
+        raise InputError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")
+    tensors, _ = _tensor_state(model, ema, optimizer)
+    try:
+        with _one_process_is_fine():
+            dcp.load(
+                tensors,
+                storage_reader=HuggingFaceStorageReader(str(path / "state")),
+                no_dist=not dist.is_initialized(),
+            )
+    except Exception as exc:  # DCP wraps every rank's failure in CheckpointException
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load checkpoint {path}: {first}") from None
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=tensors["model"],
+        optim_state_dict={"state": tensors["optim"], "param_groups": meta["param_groups"]},
+    )
+    set_model_state_dict(ema, tensors["ema"])
+    rng_path = path / "rng" / f"rank_{info.rank}.json"
+    if rng_path.is_file():
+        set_rng_state(json.loads(rng_path.read_text(encoding="utf-8")))
+    elif meta.get("world") == info.world:  # only a resume on more ranks may lack it
+        raise InputError(f"checkpoint {path} is missing rng/{rng_path.name}")
+    return meta

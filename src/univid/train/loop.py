@@ -1,15 +1,19 @@
-"""The training loop: rectified flow on the shapes world, with EMA, checkpoints and samples.
+"""The training loop: rectified flow with EMA, checkpoints, samples, on one or many processes.
 
-Every random draw of step s (clip indices, caption dropout, t, noise) is a pure function of
-(seed, s), so a resumed run sees exactly the batches an uninterrupted run would have seen.
+Every random draw of a training sample (which clip, caption dropout, t, noise) is a pure
+function of (seed, stream position), and :class:`univid.data.sampler.StreamSampler` says which
+positions each rank takes. A resumed run therefore sees exactly the samples an uninterrupted
+run would have seen, and N ranks with batch B see what one process with batch N x B sees.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
+import sys
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +22,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from univid.build import build_model
 from univid.config import Config
+from univid.data import BadSample
+from univid.data.sampler import StreamSampler
 from univid.data.shapes import ShapesWorld, canonical_prompt
 from univid.errors import ConfigError, InputError
 from univid.eval.validation import ValidationSet
-from univid.flow import flow_loss, logit_normal, uniform
-from univid.pipeline import Pipeline, pick_device
+from univid.flow import flow_loss_per_sample, logit_normal, uniform
+from univid.parallel import close_distributed, init_distributed, local, parallelize, unwrap
+from univid.pipeline import Pipeline
 from univid.text import TextEncoder
 from univid.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from univid.video import save_video, tile
@@ -44,6 +50,8 @@ METRICS = [
     "elapsed_s",
     "val_loss",
     "val_loss_ema",
+    "samples",
+    "skipped",
 ]
 
 
@@ -68,30 +76,40 @@ def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema <- decay * ema + (1 - decay) * model, in place."""
-    ema_params = list(ema.parameters())
-    torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+    """ema <- decay * ema + (1 - decay) * model, in place (shard by shard under FSDP)."""
+    ema_params = [local(p) for p in ema.parameters()]
+    torch._foreach_lerp_(ema_params, [local(p).detach() for p in model.parameters()], 1 - decay)
 
 
-def shapes_batch(cfg: Config, world: ShapesWorld, step: int) -> tuple[torch.Tensor, list[str]]:
-    """Batch ``step``: clips (B, 3, T, H, W) in [-1, 1] and captions, some dropped to ''."""
-    B = cfg.train.batch_size
-    videos, captions = world.batch(range(step * B, (step + 1) * B))
-    drop = np.random.default_rng([cfg.train.seed, step, 1]).random(B) < cfg.data.caption_dropout
-    captions = ["" if d else c for c, d in zip(captions, drop)]
-    x = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
-    return x, captions
+@dataclass
+class MicroBatch:
+    """One rank's share of one micro-batch, with its random draws."""
+
+    x: torch.Tensor  # (B, C, T, H, W) in [-1, 1]; zeros where a sample was bad
+    captions: list[str]
+    t: torch.Tensor  # (B,)
+    noise: torch.Tensor  # like x
+    weight: torch.Tensor  # (B,) 1 for a usable sample, 0 for a skipped one
+    skipped: list[tuple[int, str]]  # (dataset index, reason)
 
 
 class Trainer:
-    """Holds the run's state; :meth:`run` trains to ``cfg.train.steps``."""
+    """Holds the run's state; :meth:`run` trains to ``cfg.train.steps``.
 
-    def __init__(self, cfg: Config, run_dir: Path, progress: bool = True) -> None:
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+    ``dataset`` (default: the shapes world of the config) is indexable, returns
+    ``(video uint8 (T, H, W, 3), caption, ...)`` and raises :class:`BadSample` for an item it
+    cannot use; it may define ``__len__`` (otherwise it is unbounded)."""
+
+    def __init__(
+        self, cfg: Config, run_dir: Path, progress: bool = True, dataset: Any = None
+    ) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.device = pick_device(t.device)
+        self.dist = init_distributed(cfg)
+        self.progress = progress and self.dist.main
+        self.device = self.dist.device
         self.amp = autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)
         self.text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=self.device)
@@ -100,84 +118,162 @@ class Trainer:
                 f"model.text_dim={cfg.model.text_dim} does not match the text encoder's "
                 f"width {self.text.dim}"
             )
-        self.model = build_model(cfg.model).to(self.device)
-        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.model, self.ema = parallelize(cfg, self.dist, self.amp)
+        self.net = unwrap(self.model)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99)
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps, t.decay)
         )
-        self.world = ShapesWorld(cfg.data.frames, cfg.data.height, cfg.data.width, seed=t.seed)
+        d = cfg.data
+        self.dataset = (
+            dataset
+            if dataset is not None
+            else ShapesWorld(d.frames, d.height, d.width, seed=t.seed)
+        )
+        size = len(self.dataset) if hasattr(self.dataset, "__len__") else None
+        self.sampler = StreamSampler(size, seed=t.seed)
+        self.global_batch = t.batch_size * self.dist.world * t.grad_accum
         self.val: ValidationSet | None = None  # built at the first validation
-        self.step = 0
+        self.step = 0  # optimizer steps taken
+        self.samples_seen = 0  # stream positions consumed
+        self.skipped = 0  # samples skipped as bad, over all ranks
 
     def resume(self) -> Path:
         """Continue from the newest complete checkpoint of the run folder."""
         path = latest_checkpoint(self.run_dir)
         if path is None:
             raise InputError(f"no complete checkpoint to resume from in {self.run_dir}")
-        self.step = load_checkpoint(path, self.model, self.ema, self.optimizer, self.scheduler)
+        meta = load_checkpoint(path, self.dist, self.model, self.ema, self.optimizer)
+        self.scheduler.load_state_dict(meta["scheduler"])
+        self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        self.skipped = int(meta["skipped"])
         return path
 
-    def loss(self, step: int) -> torch.Tensor:
-        """Rectified-flow loss of batch ``step`` (forward only)."""
-        cfg = self.cfg
-        x, captions = shapes_batch(cfg, self.world, step)
-        text, mask = self.text.encode(captions)
-        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
-        n = x.shape[0]
-        if cfg.flow.time_sampling == "uniform":
-            t = uniform(n, generator=gen)
-        else:
-            t = logit_normal(n, cfg.flow.logit_mean, cfg.flow.logit_std, generator=gen)
-        noise = torch.randn(x.shape, generator=gen)
-        x, t, noise = (v.to(self.device, non_blocking=True) for v in (x, t, noise))
+    def micro_batch(self, start: int, micro: int) -> MicroBatch:
+        """This rank's part of micro-batch ``micro`` of the step beginning at ``start``."""
+        cfg, t = self.cfg, self.cfg.train
+        positions = self.sampler.positions(
+            start, t.batch_size, self.dist.rank, self.dist.world, micro, t.grad_accum
+        )
+        d = cfg.data
+        blank = np.zeros((d.frames, d.height, d.width, cfg.model.in_channels), np.uint8)
+        videos, captions, times, noises, weight, skipped = [], [], [], [], [], []
+        for p, index in zip(positions, self.sampler.indices(positions)):
+            try:
+                video, caption = self.dataset[index][:2]
+                weight.append(1.0)
+            except BadSample as exc:
+                video, caption = blank, ""
+                weight.append(0.0)
+                skipped.append((index, str(exc) or type(exc).__name__))
+            if np.random.default_rng([t.seed, p, 1]).random() < d.caption_dropout:
+                caption = ""
+            x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
+            gen = torch.Generator().manual_seed(t.seed * 1_000_003 + p)
+            if cfg.flow.time_sampling == "uniform":
+                times.append(uniform(1, generator=gen))
+            else:
+                times.append(logit_normal(1, cfg.flow.logit_mean, cfg.flow.logit_std, gen))
+            noises.append(torch.randn(x.shape, generator=gen))
+            videos.append(x)
+            captions.append(caption)
+        return MicroBatch(
+            x=torch.stack(videos).float() / 127.5 - 1.0,
+            captions=captions,
+            t=torch.cat(times),
+            noise=torch.stack(noises),
+            weight=torch.tensor(weight),
+            skipped=skipped,
+        )
+
+    def per_sample_loss(self, batch: MicroBatch) -> torch.Tensor:
+        """Rectified-flow loss of each sample of ``batch`` (forward only), shape (B,)."""
+        text, mask = self.text.encode(batch.captions)
+        x, t, noise = (
+            v.to(self.device, non_blocking=True) for v in (batch.x, batch.t, batch.noise)
+        )
         with torch.autocast(
             self.device.type, dtype=self.amp or torch.float32, enabled=bool(self.amp)
         ):
-            return flow_loss(lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t)
+            return flow_loss_per_sample(lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t)
 
-    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns (loss, grad norm) as device tensors (no host sync)."""
+    def _sync_gradients(self, last: bool) -> Any:
+        """Reduce gradients across ranks only on the last micro-batch of a step."""
+        if isinstance(self.model, nn.parallel.DistributedDataParallel) and not last:
+            return self.model.no_sync()
+        if self.dist.mode == "fsdp":
+            self.model.set_requires_gradient_sync(last)
+        return nullcontext()
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One optimizer step at the current stream position.
+
+        Returns (this rank's share of the global mean loss, global grad norm) as device tensors,
+        or None when every sample of the global batch was bad (no update then)."""
+        t, d = self.cfg.train, self.dist
         self.model.train()
-        loss = self.loss(step)
+        batches = [self.micro_batch(self.samples_seen, m) for m in range(t.grad_accum)]
+        local_valid = torch.stack([b.weight.sum() for b in batches]).sum()
+        valid = int(d.sum(local_valid).item())  # all ranks agree on it: all take the same path
+        self._log_skipped([s for b in batches for s in b.skipped])
+        self.skipped += self.global_batch - valid
+        step = self.step
+        self.samples_seen += self.global_batch
+        self.step += 1
+        if valid == 0:
+            return None
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = self.cfg.train.grad_clip or float("inf")
+        total = torch.zeros((), device=self.device)
+        for m, batch in enumerate(batches):
+            with self._sync_gradients(m == len(batches) - 1):
+                weighted = (self.per_sample_loss(batch) * batch.weight.to(self.device)).sum()
+                # DDP and FSDP average gradients over ranks; scaling by the world size turns
+                # that average into the mean over every usable sample of the global batch.
+                (weighted * (d.world / valid)).backward()
+                total += weighted.detach() / valid
+        clip = t.grad_clip or float("inf")
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.scheduler.step()
-        decay = min(self.cfg.train.ema_decay, (1 + step) / (10 + step))
+        decay = min(t.ema_decay, (1 + step) / (10 + step))
         ema_update(self.ema, self.model, decay)
-        return loss.detach(), grad_norm.detach()
+        return total, grad_norm.detach()
+
+    def _log_skipped(self, skipped: list[tuple[int, str]]) -> None:
+        if not skipped:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "skipped.log").open("a", encoding="utf-8") as f:
+            for index, reason in skipped:
+                f.write(f"step {self.step} rank {self.dist.rank} index {index}: {reason}\n")
 
     def run(self) -> dict[str, Any]:
         """Train to the configured number of steps; returns the last metrics row."""
-        t = self.cfg.train
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.cfg.to_json(), encoding="utf-8")
-        except OSError as exc:
-            raise InputError(
-                f"cannot write the run folder {self.run_dir}: {exc.strerror}"
-            ) from None
-        logger = MetricsLogger(self.run_dir)
+        t, d = self.cfg.train, self.dist
+        logger = self._start_run() if d.main else None
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress)
         sums = torch.zeros(2, device=self.device)
         start, last, count, row = time.perf_counter(), time.perf_counter(), 0, {}
         try:
-            for step in range(self.step, t.steps):
-                sums += torch.stack(self.train_step(step))
-                count += 1
-                self.step = step + 1
+            while self.step < t.steps:
+                result = self.train_step()
+                if result is not None:
+                    sums += torch.stack(result)
+                    count += 1
                 bar.update()
                 validate = t.val_every and (self.step % t.val_every == 0 or self.step == t.steps)
                 if self.step % t.log_every == 0 or self.step == t.steps or validate:
-                    row = self._log_row(sums / count, count, last, start)
-                    if validate:
+                    means = sums / max(count, 1)
+                    means[0] = d.sum(means[0])  # each rank holds its share of the mean loss
+                    row = self._log_row(means, count, last, start)
+                    if validate and (d.main or d.mode == "fsdp"):  # fsdp: forward is collective
                         row.update(self.validation_losses())
-                    logger.log(row)
+                    if logger is not None:
+                        logger.log(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     sums.zero_()
                     last, count = time.perf_counter(), 0
@@ -189,8 +285,33 @@ class Trainer:
             # An interrupt may land inside an optimizer step, so only the periodic
             # checkpoints (always consistent) are trusted; nothing is saved here.
             bar.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
+        if d.main and self.skipped:
+            print(
+                f"univid: skipped {self.skipped} bad samples; reasons in "
+                f"{self.run_dir / 'skipped.log'}",
+                file=sys.stderr,
+            )
         return row
+
+    def _start_run(self) -> MetricsLogger:
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(self.cfg.to_json(), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the run folder {self.run_dir}: {exc.strerror}"
+            ) from None
+        d, t = self.dist, self.cfg.train
+        if self.progress:
+            print(
+                f"univid: global batch {self.global_batch} = {t.batch_size} per rank x "
+                f"{d.world} rank(s) x {t.grad_accum} accumulation step(s)"
+                f"{f', parallel.mode={d.mode}' if d.mode != 'none' else ''}",
+                file=sys.stderr,
+            )
+        return MetricsLogger(self.run_dir)
 
     def _log_row(
         self, means: torch.Tensor, count: int, last: float, start: float
@@ -199,11 +320,13 @@ class Trainer:
         loss, gnorm = means.tolist()  # the loop's only host sync
         return {
             "step": self.step,
-            "loss": loss,
-            "grad_norm": gnorm,
+            "loss": loss if count else float("nan"),
+            "grad_norm": gnorm if count else float("nan"),
             "lr": self.scheduler.get_last_lr()[0],
             "steps_per_s": count / (now - last),
             "elapsed_s": now - start,
+            "samples": self.samples_seen,
+            "skipped": self.skipped,
         }
 
     def validation_losses(self) -> dict[str, float]:
@@ -211,26 +334,38 @@ class Trainer:
         if self.val is None:
             self.val = ValidationSet(self.cfg, self.text)
         return {
-            "val_loss": self.val.loss(self.model)["val_loss"],
+            "val_loss": self.val.loss(self.net)["val_loss"],
             "val_loss_ema": self.val.loss(self.ema)["val_loss"],
         }
 
     def save(self) -> Path:
+        state = {
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "skipped": self.skipped,
+            "world": self.dist.world,
+            "global_batch": self.global_batch,
+            "scheduler": self.scheduler.state_dict(),
+        }
         return save_checkpoint(
             self.run_dir,
-            self.step,
+            self.dist,
             self.model,
             self.ema,
             self.optimizer,
-            self.scheduler,
+            state,
             self.cfg.to_json(),
             self.cfg.train.keep_last,
         )
 
-    def write_samples(self) -> Path:
-        """A GIF of the EMA model's videos for a few fixed prompts, side by side."""
+    def write_samples(self) -> Path | None:
+        """A GIF of the EMA model's videos for a few fixed prompts, side by side (rank 0)."""
+        if not (self.dist.main or self.dist.mode == "fsdp"):
+            return None
         pipe = Pipeline(self.ema, self.text, self.cfg)
         videos = pipe.generate(SAMPLE_PROMPTS, list(range(len(SAMPLE_PROMPTS))))
+        if not self.dist.main:
+            return None
         path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
         path.parent.mkdir(exist_ok=True)
         return save_video(tile(videos), path, fps=self.cfg.data.fps, scale=4)
@@ -257,7 +392,15 @@ class MetricsLogger:
         self.writer.writerow(row)
         self.file.flush()
         if self.tb is not None:
-            for key in ("loss", "grad_norm", "lr", "steps_per_s", "val_loss", "val_loss_ema"):
+            for key in (
+                "loss",
+                "grad_norm",
+                "lr",
+                "steps_per_s",
+                "val_loss",
+                "val_loss_ema",
+                "skipped",
+            ):
                 if key in row:
                     self.tb.add_scalar(f"train/{key}", row[key], row["step"])
 
@@ -270,8 +413,15 @@ class MetricsLogger:
 def train(
     cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (or continue it); returns the last metrics row."""
+    """Train ``cfg`` into ``run_dir`` (or continue it); returns the last metrics row.
+
+    Under torchrun every rank calls this; ``cfg.parallel.mode`` says how they share the work."""
     trainer = Trainer(cfg, Path(run_dir), progress=progress)
-    if resume:
-        trainer.resume()
-    return trainer.run()
+    try:
+        if resume:
+            path = trainer.resume()
+            if trainer.dist.main and progress:
+                print(f"univid: resuming from {path} (step {trainer.step})", file=sys.stderr)
+        return trainer.run()
+    finally:
+        close_distributed(trainer.dist)
