@@ -411,12 +411,17 @@ class MetricsLogger:
 
 
 def train(
-    cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True
+    cfg: Config,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    dataset: Any = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (or continue it); returns the last metrics row.
 
-    Under torchrun every rank calls this; ``cfg.parallel.mode`` says how they share the work."""
-    trainer = Trainer(cfg, Path(run_dir), progress=progress)
+    Under torchrun every rank calls this; ``cfg.parallel.mode`` says how they share the work.
+    ``dataset`` replaces the config's shapes world (see :class:`Trainer`)."""
+    trainer = Trainer(cfg, Path(run_dir), progress=progress, dataset=dataset)
     try:
         if resume:
             path = trainer.resume()
