@@ -70,9 +70,10 @@ def test_finite_stream_is_a_seeded_permutation_per_epoch_and_resumable():
 # torchrun runs
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=2 ARGS`` with a time limit."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=NPROC ARGS`` with a time limit."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd.append(f"--nproc_per_node={nproc}")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
 
@@ -81,8 +82,8 @@ def ok(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def worker(run_dir: Path, *args: str) -> None:
-    ok(torchrun(str(WORKER), str(run_dir), *args))
+def worker(run_dir: Path, *args: str, nproc: int = 2) -> None:
+    ok(torchrun(str(WORKER), str(run_dir), *args, nproc=nproc))
 
 
 def univid(*args: str) -> None:
@@ -182,3 +183,19 @@ def test_mode_none_under_torchrun_is_a_clear_error(tmp_path):
     done = torchrun("-m", "univid", "train", "tiny", "--out", str(tmp_path / "run"))
     assert done.returncode != 0
     assert "univid: error: parallel.mode='none' is invalid under torchrun with 2" in done.stderr
+
+
+@pytest.mark.gpu
+def test_fsdp_with_nccl_and_bf16_follows_the_unsharded_cuda_run(tmp_path):
+    import torch
+
+    gpus = min(2, torch.cuda.device_count())  # one GPU still runs NCCL and FSDP2 end to end
+    cuda = [o for o in COMMON if o != "train.device=cpu"] + ["train.device=cuda"]
+    train(resolve_config("tiny", [*cuda, "train.batch_size=4"]), tmp_path / "one", progress=False)
+    worker(
+        tmp_path / "fsdp", *cuda, f"train.batch_size={4 // gpus}", "parallel.mode=fsdp", nproc=gpus
+    )
+    one, sharded = curve(tmp_path / "one"), curve(tmp_path / "fsdp")
+    assert [r["step"] for r in one] == [r["step"] for r in sharded]
+    for a, b in zip(one, sharded):  # bf16 compute on both sides, in a different order
+        assert math.isclose(a["loss"], b["loss"], rel_tol=3e-2), (a, b)

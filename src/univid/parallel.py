@@ -123,9 +123,12 @@ def prepare_blocks(model: nn.Module, checkpointing: bool, compile_blocks: bool) 
 def _fully_shard(model: nn.Module, cfg: Config, amp: torch.dtype | None) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    policy = MixedPrecisionPolicy()
-    if amp is not None:  # bf16 compute and all-gathers, fp32 master weights and reductions
-        policy = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32)
+    # Inputs keep their dtype (t and the RoPE angles need fp32); autocast picks compute dtypes.
+    policy = MixedPrecisionPolicy(cast_forward_inputs=False)
+    if amp is not None:  # bf16 all-gathers and compute, fp32 master weights and reductions
+        policy = MixedPrecisionPolicy(
+            param_dtype=amp, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
     for block in blocks_of(model):
         fully_shard(
             block, mp_policy=policy, reshard_after_forward=cfg.parallel.reshard_after_forward
@@ -164,7 +167,8 @@ def parallelize(
     if info.mode == "fsdp":
         init = build_model(cfg.model) if info.main else None
         model = _sharded_copy(cfg, info, amp, init, prepare=True)
-        ema = _sharded_copy(cfg, info, amp, init, prepare=False)
+        # The EMA gathers fp32 weights: it is what validation and sampling run in full precision.
+        ema = _sharded_copy(cfg, info, None, init, prepare=False)
         return model, ema.requires_grad_(False).eval()
     model = build_model(cfg.model).to(info.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()

@@ -333,10 +333,12 @@ class Trainer:
         """Fixed validation loss of the trained weights and of their EMA."""
         if self.val is None:
             self.val = ValidationSet(self.cfg, self.text)
-        return {
-            "val_loss": self.val.loss(self.net)["val_loss"],
-            "val_loss_ema": self.val.loss(self.ema)["val_loss"],
-        }
+        # FSDP's bf16 policy gathers the trained weights in bf16, so they need autocast; the
+        # other modes (and every EMA) validate in fp32.
+        bf16_shards = self.dist.mode == "fsdp" and self.amp is not None
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=bf16_shards):
+            trained = self.val.loss(self.net)["val_loss"]
+        return {"val_loss": trained, "val_loss_ema": self.val.loss(self.ema)["val_loss"]}
 
     def save(self) -> Path:
         state = {
