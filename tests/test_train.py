@@ -88,3 +88,20 @@ def test_cuda_bf16_training_and_sampling(tmp_path):
     row = trainer.run()
     assert math.isfinite(row["loss"])
     assert (tmp_path / "samples" / "step_00000004.gif").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_and_checkpointed_blocks_train_like_eager_ones(tmp_path):
+    """train.compile (regional torch.compile) and activation checkpointing change no numbers
+    beyond fp32 rounding; about a minute of compiling on 2 cores."""
+    cfg = resolve_config("tiny", ["train.device=cpu"])
+    eager = Trainer(cfg, tmp_path / "eager", progress=False)
+    fast_cfg = apply_overrides(cfg, ["train.compile=true", "train.activation_checkpointing=true"])
+    fast = Trainer(fast_cfg, tmp_path / "fast", progress=False)
+    assert all(hasattr(b, "_checkpoint_wrapped_module") for b in fast.model.blocks)
+    for _ in range(3):
+        (loss_e, gnorm_e), (loss_f, gnorm_f) = eager.train_step(), fast.train_step()
+        assert math.isclose(loss_e.item(), loss_f.item(), rel_tol=1e-5)
+        assert math.isclose(gnorm_e.item(), gnorm_f.item(), rel_tol=1e-4)
+    for pe, pf in zip(eager.model.parameters(), fast.model.parameters()):
+        torch.testing.assert_close(pe, pf, rtol=1e-4, atol=1e-6)
