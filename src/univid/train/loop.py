@@ -188,15 +188,19 @@ class Trainer:
             skipped=skipped,
         )
 
+    def autocast(self, enabled: bool = True) -> torch.autocast:
+        """Mixed precision of the run (``train.precision``); a no-op in fp32."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp or torch.float32, enabled=enabled and bool(self.amp)
+        )
+
     def per_sample_loss(self, batch: MicroBatch) -> torch.Tensor:
         """Rectified-flow loss of each sample of ``batch`` (forward only), shape (B,)."""
         text, mask = self.text.encode(batch.captions)
         x, t, noise = (
             v.to(self.device, non_blocking=True) for v in (batch.x, batch.t, batch.noise)
         )
-        with torch.autocast(
-            self.device.type, dtype=self.amp or torch.float32, enabled=bool(self.amp)
-        ):
+        with self.autocast():
             return flow_loss_per_sample(lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t)
 
     def _sync_gradients(self, last: bool) -> Any:
@@ -335,8 +339,7 @@ class Trainer:
             self.val = ValidationSet(self.cfg, self.text)
         # FSDP's bf16 policy gathers the trained weights in bf16, so they need autocast; the
         # other modes (and every EMA) validate in fp32.
-        bf16_shards = self.dist.mode == "fsdp" and self.amp is not None
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=bf16_shards):
+        with self.autocast(enabled=self.dist.mode == "fsdp"):
             trained = self.val.loss(self.net)["val_loss"]
         return {"val_loss": trained, "val_loss_ema": self.val.loss(self.ema)["val_loss"]}
 
