@@ -17,8 +17,20 @@ from univid.errors import InputError, UnividError
 
 def _train(args: argparse.Namespace) -> None:
     from univid.config import apply_overrides, load_config_file, resolve_config
+    from univid.train.checkpoint import latest_checkpoint
     from univid.train.loop import train
 
+    if args.resume == "latest":  # continue --out if it has a checkpoint, else start it
+        if args.out is None:
+            raise InputError("--resume latest needs --out DIR")
+        if latest_checkpoint(Path(args.out)) is not None:
+            args.resume = args.out
+        elif args.config is None:
+            raise InputError(f"{args.out} has no complete checkpoint and no CONFIG_OR_PRESET given")
+        else:
+            cfg = resolve_config(args.config, args.overrides)
+            train(cfg, Path(args.out))
+            return
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").is_file():
@@ -153,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--out", help="run folder (checkpoints, metrics.csv, samples/)")
     p.add_argument(
-        "--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint"
+        "--resume",
+        metavar="DIR|latest",
+        help="continue the run in DIR from its newest complete checkpoint; 'latest' continues "
+        "--out DIR if it has one and starts it from CONFIG_OR_PRESET otherwise",
     )
     p.set_defaults(func=_train)
 

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,16 @@ from univid.parallel import Dist
 
 MARKER = "COMPLETE"
 FORMAT = 2
+CRASH_ENV = "UNIVID_CRASH_AT"
+
+
+def crash_point(point: str, step: int) -> None:
+    """Fault injection for crash tests, as torchft does: ``UNIVID_CRASH_AT=POINT:STEP`` kills this
+    process with SIGKILL when it reaches POINT at STEP. Points: ``step`` (after step STEP is
+    logged), ``checkpoint`` (shards written, no marker yet), ``published`` (checkpoint renamed,
+    before the weights export and the pruning of old checkpoints)."""
+    if os.environ.get(CRASH_ENV) == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync(path: Path) -> None:
@@ -138,6 +149,7 @@ def save_checkpoint(
     rng_path = tmp / "rng" / f"rank_{info.rank}.json"
     rng_path.write_text(json.dumps(rng_state()), encoding="utf-8")
     _fsync(rng_path)
+    crash_point("checkpoint", step)
     info.barrier()
     if info.main:
         meta = {"format": FORMAT, **trainer_state, "param_groups": groups}
@@ -152,6 +164,7 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync(root)
+    crash_point("published", step)
     export_weights(run_dir, info, ema, config_json)
     if info.main:
         for old in complete_checkpoints(run_dir)[:-keep_last]:

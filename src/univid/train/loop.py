@@ -32,7 +32,13 @@ from univid.flow import flow_loss_per_sample, logit_normal, uniform
 from univid.parallel import close_distributed, init_distributed, local, parallelize, unwrap
 from univid.pipeline import Pipeline
 from univid.text import TextEncoder
-from univid.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from univid.train.checkpoint import (
+    atomic_write,
+    crash_point,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from univid.video import save_video, tile
 
 SAMPLE_PROMPTS = [
@@ -281,6 +287,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     sums.zero_()
                     last, count = time.perf_counter(), 0
+                crash_point("step", self.step)
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.write_samples()
                 if self.step % t.ckpt_every == 0 or self.step == t.steps:
@@ -303,6 +310,7 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(self.cfg.to_json(), encoding="utf-8")
+            trim_metrics(self.run_dir / "metrics.csv", self.step)
         except OSError as exc:
             raise InputError(
                 f"cannot write the run folder {self.run_dir}: {exc.strerror}"
@@ -374,6 +382,22 @@ class Trainer:
         path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
         path.parent.mkdir(exist_ok=True)
         return save_video(tile(videos), path, fps=self.cfg.data.fps, scale=4)
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop the rows after ``step``: a crashed attempt logged them, the resumed run redoes them."""
+    if not path.is_file():
+        return
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    if len(kept) < len(rows):
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                csv.writer(f).writerows(kept)
+
+        atomic_write(path, write)
 
 
 class MetricsLogger:
