@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import signal
@@ -10,9 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from univid.config import resolve_config
+from univid.data.shapes import ShapesWorld
+from univid.errors import TrainingAborted
 from univid.train.checkpoint import CRASH_ENV, complete_checkpoints
+from univid.train.loop import Trainer
 
 TRAIN = [
     "train.steps=8",
@@ -74,3 +81,75 @@ def test_sigkill_at_any_point_then_resume_latest_equals_an_uninterrupted_run(tmp
     meta = json.loads((cut / "checkpoints" / "step_00000008" / "trainer.json").read_text())
     assert meta["samples_seen"] == 32
     assert (cut / "model.safetensors").read_bytes() == (full / "model.safetensors").read_bytes()
+
+
+class PoisonedWorld(ShapesWorld):
+    """The shapes world with NaN pixels at the listed clip indices (and all from ``from_``)."""
+
+    def __init__(self, poisoned: set[int], from_: int, **kwargs: int) -> None:
+        super().__init__(**kwargs)
+        self.poisoned, self.from_ = poisoned, from_
+
+    def __getitem__(self, index: int):
+        video, caption, clip = super().__getitem__(index)
+        if index in self.poisoned or index >= self.from_:
+            return np.full(video.shape, np.nan, np.float32), caption, clip
+        return video, caption, clip
+
+
+def state_hash(trainer: Trainer) -> str:
+    h = hashlib.sha256()
+    for p in [*trainer.model.parameters(), *trainer.ema.parameters()]:
+        h.update(p.detach().numpy().tobytes())
+    for state in trainer.optimizer.state.values():
+        for value in state.values():
+            h.update(value.numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_a_nonfinite_step_is_skipped_whole_counted_and_logged(tmp_path):
+    cfg = resolve_config("tiny", ["train.device=cpu"])
+    world = PoisonedWorld({9}, from_=10**9, frames=4, height=16, width=16)
+    trainer = Trainer(cfg, tmp_path, progress=False, dataset=world)
+    trainer.train_step(), trainer.train_step()
+    before, epoch = state_hash(trainer), trainer.scheduler.last_epoch
+    assert trainer.train_step() is None  # positions 8-11 hold the NaN clip 9
+    assert state_hash(trainer) == before and trainer.scheduler.last_epoch == epoch
+    assert trainer.step == 2 and trainer.nonfinite == 1 and trainer.samples_seen == 12
+    assert "step 3: non-finite" in (tmp_path / "anomalies.log").read_text()
+    assert "batch indices [8, 9, 10, 11]" in (tmp_path / "anomalies.log").read_text()
+    assert trainer.train_step() is not None and trainer.step == 3  # the data moved on
+    assert state_hash(trainer) != before and trainer.nonfinite_run == 0
+
+
+def test_k_nonfinite_steps_in_a_row_stop_the_run_with_its_checkpoints_intact(tmp_path):
+    overrides = ["train.steps=10", "train.ckpt_every=2", "train.log_every=1", "train.val_every=0"]
+    cfg = resolve_config("tiny", [*overrides, "train.max_nonfinite=3", "train.device=cpu"])
+    # Step 3's first attempt (positions 8-11) is poisoned; from position 20 on, everything is.
+    world = PoisonedWorld({9}, from_=20, frames=4, height=16, width=16)
+    trainer = Trainer(cfg, tmp_path, progress=False, dataset=world)
+    with pytest.raises(TrainingAborted, match="3 steps in a row .*checkpoints.step_00000004"):
+        trainer.run()
+    assert trainer.step == 4 and trainer.nonfinite == 4
+    assert [p.name for p in complete_checkpoints(tmp_path)] == ["step_00000002", "step_00000004"]
+    with (tmp_path / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["step"], r["nonfinite"]) for r in rows] == [
+        ("1", "0"),
+        ("2", "0"),
+        ("3", "1"),
+        ("4", "1"),
+    ]
+    resumed = Trainer(cfg, tmp_path, progress=False, dataset=world)
+    resumed.resume()
+    assert resumed.step == 4 and resumed.nonfinite == 1 and resumed.samples_seen == 20
+    for a, b in zip(trainer.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)  # the aborted steps changed nothing after the checkpoint
+
+
+def test_gradient_norm_spikes_are_logged(tmp_path):
+    trainer = Trainer(resolve_config("tiny", ["train.device=cpu"]), tmp_path, progress=False)
+    for norm in [1.0] * 10 + [5.0, 50.0]:
+        trainer._watch_spikes(norm)
+    lines = (tmp_path / "anomalies.log").read_text().splitlines()
+    assert len(lines) == 1 and "gradient-norm spike 50" in lines[0]

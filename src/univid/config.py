@@ -135,6 +135,11 @@ class TrainConfig:
     """Held-out clips in the validation set (each is scored at 8 fixed values of t)."""
     keep_last: int = 2
     """Checkpoints kept on disk; older ones are deleted after a new one is complete."""
+    max_nonfinite: int = 5
+    """Consecutive steps with a NaN/inf loss or gradient (each skipped, no update) before the run
+    stops; 0 turns the guard off (and saves its one host sync per step)."""
+    spike_factor: float = 10.0
+    """Log a gradient-norm spike above this multiple of the norm's running mean; 0 = off."""
     threads: int = 0
     """CPU threads for torch; 0 leaves torch's default."""
     device: str = "auto"
@@ -255,6 +260,8 @@ def validate(cfg: Config) -> None:
         "train.ckpt_every": t.ckpt_every,
         "train.val_every": t.val_every,
         "train.threads": t.threads,
+        "train.max_nonfinite": t.max_nonfinite,
+        "train.spike_factor": t.spike_factor,
         "train.weight_decay": t.weight_decay,
         "train.grad_clip": t.grad_clip,
     }.items():

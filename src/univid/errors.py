@@ -11,3 +11,7 @@ class ConfigError(UnividError):
 
 class InputError(UnividError):
     """A bad argument: missing file, unwritable path, empty prompt, ..."""
+
+
+class TrainingAborted(UnividError):
+    """Training stopped on purpose (e.g. too many non-finite steps); checkpoints are intact."""

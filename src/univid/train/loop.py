@@ -26,7 +26,7 @@ from univid.config import Config
 from univid.data import BadSample
 from univid.data.sampler import StreamSampler
 from univid.data.shapes import ShapesWorld, canonical_prompt
-from univid.errors import ConfigError, InputError
+from univid.errors import ConfigError, InputError, TrainingAborted
 from univid.eval.validation import ValidationSet
 from univid.flow import flow_loss_per_sample, logit_normal, uniform
 from univid.parallel import close_distributed, init_distributed, local, parallelize, unwrap
@@ -58,6 +58,7 @@ METRICS = [
     "val_loss_ema",
     "samples",
     "skipped",
+    "nonfinite",
 ]
 
 
@@ -97,6 +98,7 @@ class MicroBatch:
     noise: torch.Tensor  # like x
     weight: torch.Tensor  # (B,) 1 for a usable sample, 0 for a skipped one
     skipped: list[tuple[int, str]]  # (dataset index, reason)
+    indices: list[int]  # dataset index of every sample
 
 
 class Trainer:
@@ -145,6 +147,10 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.samples_seen = 0  # stream positions consumed
         self.skipped = 0  # samples skipped as bad, over all ranks
+        self.nonfinite = 0  # steps skipped for a NaN/inf loss or gradient
+        self.nonfinite_run = 0  # ... of them in a row, up to now
+        self.gnorm_mean: float | None = None  # running mean of the gradient norm
+        self.good_steps = 0  # updates since start or resume (spikes are judged after 10)
 
     def resume(self) -> Path:
         """Continue from the newest complete checkpoint of the run folder."""
@@ -154,7 +160,7 @@ class Trainer:
         meta = load_checkpoint(path, self.dist, self.model, self.ema, self.optimizer)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
-        self.skipped = int(meta["skipped"])
+        self.skipped, self.nonfinite = int(meta["skipped"]), int(meta["nonfinite"])
         return path
 
     def micro_batch(self, start: int, micro: int) -> MicroBatch:
@@ -166,7 +172,8 @@ class Trainer:
         d = cfg.data
         blank = np.zeros((d.frames, d.height, d.width, cfg.model.in_channels), np.uint8)
         videos, captions, times, noises, weight, skipped = [], [], [], [], [], []
-        for p, index in zip(positions, self.sampler.indices(positions)):
+        indices = self.sampler.indices(positions)
+        for p, index in zip(positions, indices):
             try:
                 video, caption = self.dataset[index][:2]
                 weight.append(1.0)
@@ -192,6 +199,7 @@ class Trainer:
             noise=torch.stack(noises),
             weight=torch.tensor(weight),
             skipped=skipped,
+            indices=indices,
         )
 
     def autocast(self, enabled: bool = True) -> torch.autocast:
@@ -221,7 +229,9 @@ class Trainer:
         """One optimizer step at the current stream position.
 
         Returns (this rank's share of the global mean loss, global grad norm) as device tensors,
-        or None when every sample of the global batch was bad (no update then)."""
+        or None when there was no update: every sample of the global batch was bad (the step
+        counts), or the loss or gradient was not finite (the step does not count; optimizer,
+        schedule, EMA and step counter stay as they were, and the data moves on)."""
         t, d = self.cfg.train, self.dist
         self.model.train()
         batches = [self.micro_batch(self.samples_seen, m) for m in range(t.grad_accum)]
@@ -229,10 +239,9 @@ class Trainer:
         valid = int(d.sum(local_valid).item())  # all ranks agree on it: all take the same path
         self._log_skipped([s for b in batches for s in b.skipped])
         self.skipped += self.global_batch - valid
-        step = self.step
         self.samples_seen += self.global_batch
-        self.step += 1
         if valid == 0:
+            self.step += 1
             return None
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
@@ -247,11 +256,66 @@ class Trainer:
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
+        if t.max_nonfinite and not self._all_finite(total, grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip_nonfinite(total, grad_norm, [i for b in batches for i in b.indices])
+            return None
+        self.nonfinite_run = 0
+        if t.spike_factor:
+            self._watch_spikes(float(grad_norm))
         self.optimizer.step()
         self.scheduler.step()
-        decay = min(t.ema_decay, (1 + step) / (10 + step))
+        decay = min(t.ema_decay, (1 + self.step) / (10 + self.step))
         ema_update(self.ema, self.model, decay)
+        self.step += 1
         return total, grad_norm.detach()
+
+    def _all_finite(self, loss_share: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether every rank's loss and the global gradient norm are finite (one host sync)."""
+        bad = torch.stack([~torch.isfinite(loss_share), ~torch.isfinite(grad_norm)]).float()
+        return not bool(self.dist.sum(bad).any().item())
+
+    def _skip_nonfinite(
+        self, loss_share: torch.Tensor, grad_norm: torch.Tensor, indices: list[int]
+    ) -> None:
+        self.nonfinite += 1
+        self.nonfinite_run += 1
+        self._log_anomaly(
+            f"step {self.step + 1}: non-finite loss or gradient (loss share "
+            f"{loss_share.item():.4g}, grad norm {grad_norm.item():.4g}); update skipped; "
+            f"rank {self.dist.rank} batch indices {indices}",
+            every_rank=True,
+        )
+        if self.nonfinite_run >= self.cfg.train.max_nonfinite:
+            last = latest_checkpoint(self.run_dir)
+            raise TrainingAborted(
+                f"{self.nonfinite_run} steps in a row had a non-finite loss or gradient (the last "
+                f"at step {self.step + 1}; train.max_nonfinite={self.cfg.train.max_nonfinite}); "
+                f"the last good checkpoint is {last or 'none: no checkpoint was written yet'}. "
+                f"Lower train.lr, raise train.warmup or check the batches listed in "
+                f"{self.run_dir / 'anomalies.log'}"
+            )
+
+    def _watch_spikes(self, grad_norm: float) -> None:
+        """Log a gradient norm far above its running mean (judged after 10 updates)."""
+        mean, factor = self.gnorm_mean, self.cfg.train.spike_factor
+        if mean is not None and self.good_steps >= 10 and grad_norm > factor * mean:
+            self._log_anomaly(
+                f"step {self.step + 1}: gradient-norm spike {grad_norm:.4g}, "
+                f"{grad_norm / mean:.1f}x its running mean {mean:.4g}"
+            )
+        self.gnorm_mean = grad_norm if mean is None else 0.9 * mean + 0.1 * grad_norm
+        self.good_steps += 1
+
+    def _log_anomaly(self, message: str, every_rank: bool = False) -> None:
+        """A line in anomalies.log (from each rank, or from rank 0) and on rank 0's stderr."""
+        if not (every_rank or self.dist.main):
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "anomalies.log").open("a", encoding="utf-8") as f:
+            f.write(message + "\n")
+        if self.dist.main:
+            tqdm.write(f"univid: {message}", file=sys.stderr)
 
     def _log_skipped(self, skipped: list[tuple[int, str]]) -> None:
         if not skipped:
@@ -259,7 +323,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with (self.run_dir / "skipped.log").open("a", encoding="utf-8") as f:
             for index, reason in skipped:
-                f.write(f"step {self.step} rank {self.dist.rank} index {index}: {reason}\n")
+                f.write(f"step {self.step + 1} rank {self.dist.rank} index {index}: {reason}\n")
 
     def run(self) -> dict[str, Any]:
         """Train to the configured number of steps; returns the last metrics row."""
@@ -270,10 +334,13 @@ class Trainer:
         start, last, count, row = time.perf_counter(), time.perf_counter(), 0, {}
         try:
             while self.step < t.steps:
+                before = self.step
                 result = self.train_step()
                 if result is not None:
                     sums += torch.stack(result)
                     count += 1
+                if self.step == before:  # a non-finite step: nothing to log, sample or save
+                    continue
                 bar.update()
                 validate = t.val_every and (self.step % t.val_every == 0 or self.step == t.steps)
                 if self.step % t.log_every == 0 or self.step == t.steps or validate:
@@ -339,6 +406,7 @@ class Trainer:
             "elapsed_s": now - start,
             "samples": self.samples_seen,
             "skipped": self.skipped,
+            "nonfinite": self.nonfinite,
         }
 
     def validation_losses(self) -> dict[str, float]:
@@ -356,6 +424,7 @@ class Trainer:
             "step": self.step,
             "samples_seen": self.samples_seen,
             "skipped": self.skipped,
+            "nonfinite": self.nonfinite,
             "world": self.dist.world,
             "global_batch": self.global_batch,
             "scheduler": self.scheduler.state_dict(),
@@ -429,6 +498,7 @@ class MetricsLogger:
                 "val_loss",
                 "val_loss_ema",
                 "skipped",
+                "nonfinite",
             ):
                 if key in row:
                     self.tb.add_scalar(f"train/{key}", row[key], row["step"])
