@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -10,8 +9,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from univid.config import Config, ModelConfig, config_from_dict
-from univid.errors import InputError
+from univid.config import Config, ModelConfig, load_config_file
+from univid.errors import CorruptFileError, InputError
 from univid.model import DiTStream, EncoderStream
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -58,14 +57,20 @@ def load_model_dir(name_or_dir: str | Path) -> tuple[Config, nn.Module]:
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise InputError(f"model folder {path} has no {needed.name}")
-    cfg = config_from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+    cfg = load_config_file(config_path)
     model = build_model(cfg.model)
-    try:
-        state = load_file(weights_path)
-    except (SafetensorError, OSError) as exc:
-        raise InputError(f"cannot read {weights_path}: {exc}") from None
+    state = read_safetensors(weights_path)
     load_state_strict(model, state, weights_path)
     return cfg, model.eval()
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file; a damaged file is a :class:`CorruptFileError`, never a
+    crash. Nothing else is ever read as weights: no pickle, no ``torch.load``."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise CorruptFileError(f"cannot read {path} as safetensors: {exc}") from None
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:

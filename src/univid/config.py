@@ -374,10 +374,15 @@ def load_config_file(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        values = yaml.safe_load(text)
+        try:  # safe_load builds plain data only: no Python objects from tags
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     else:
         try:
             values = json.loads(text)

@@ -13,5 +13,9 @@ class InputError(UnividError):
     """A bad argument: missing file, unwritable path, empty prompt, ..."""
 
 
+class CorruptFileError(InputError):
+    """A file that exists but cannot be read as what it claims to be (truncated, bad header)."""
+
+
 class TrainingAborted(UnividError):
     """Training stopped on purpose (e.g. too many non-finite steps); checkpoints are intact."""

@@ -54,8 +54,14 @@ class TextEncoder:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         path = resolve_encoder_path(source)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            # safetensors weights only: a pickled pytorch_model.bin is refused, never unpickled.
+            model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot load the text encoder in {path}: {first}") from None
+        self.model = model.to(device)
         self.model.eval().requires_grad_(False)
         self.dim: int = self.model.config.hidden_size
         self.max_length = max_length

@@ -34,9 +34,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint import HuggingFaceStorageReader, HuggingFaceStorageWriter
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -45,7 +47,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
-from univid.errors import InputError
+from univid.errors import CorruptFileError, InputError
 from univid.parallel import Dist
 
 MARKER = "COMPLETE"
@@ -184,6 +186,17 @@ def export_weights(run_dir: Path, info: Dist, module: nn.Module, config_json: st
         atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a checkpoint; anything else is a :class:`CorruptFileError`."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"cannot read {path} as JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CorruptFileError(f"{path} does not hold a JSON object")
+    return value
+
+
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoints that carry the completion marker, oldest first."""
     root = run_dir / "checkpoints"
@@ -212,9 +225,18 @@ def load_checkpoint(
     meta_path = path / "trainer.json"
     if not meta_path.is_file() or not (path / "state").is_dir():
         raise InputError(f"checkpoint {path} is not a univid checkpoint (no trainer.json/state)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_json(meta_path)
     if meta.get("format") != FORMAT:
         raise InputError(f"checkpoint {path} has format {meta.get('format')}, expected {FORMAT}")
+    shards = sorted((path / "state").glob("*.safetensors"))
+    if not shards:
+        raise InputError(f"checkpoint {path} has no tensor shards in state/")
+    for shard in shards:  # headers only: a damaged file fails here with its name
+        try:
+            with safe_open(shard, framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as exc:
+            raise CorruptFileError(f"cannot read {shard} as safetensors: {exc}") from None
     tensors, _ = _tensor_state(model, ema, optimizer)
     try:
         with _one_process_is_fine():
@@ -223,8 +245,9 @@ def load_checkpoint(
                 storage_reader=HuggingFaceStorageReader(str(path / "state")),
                 no_dist=not dist.is_initialized(),
             )
-    except Exception as exc:  # DCP wraps every rank's failure in CheckpointException
+    except (Exception, CheckpointException) as exc:  # DCP wraps each rank's failure
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        # A checkpoint of another model shape lands here (missing or wrong-sized tensors).
         raise InputError(f"cannot load checkpoint {path}: {first}") from None
     set_state_dict(
         model,
@@ -235,7 +258,7 @@ def load_checkpoint(
     set_model_state_dict(ema, tensors["ema"])
     rng_path = path / "rng" / f"rank_{info.rank}.json"
     if rng_path.is_file():
-        set_rng_state(json.loads(rng_path.read_text(encoding="utf-8")))
+        set_rng_state(read_json(rng_path))
     elif meta.get("world") == info.world:  # only a resume on more ranks may lack it
         raise InputError(f"checkpoint {path} is missing rng/{rng_path.name}")
     return meta
