@@ -237,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     except UnividError as exc:
         if args.debug:
             raise
-        print(f"univid: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # always one line
+        print(f"univid: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("univid: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
@@ -219,6 +220,25 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
 
 
+def limits(cfg: Config) -> dict[str, tuple[float, float]]:
+    """Generous ceilings, far above any real run, that keep typos from building absurd models."""
+    m, d, t = cfg.model, cfg.data, cfg.text
+    return {
+        "model.width": (m.width, 65_536),
+        "model.depth": (m.depth, 1_024),
+        "model.heads": (m.heads, 1_024),
+        "model.mlp_ratio": (m.mlp_ratio, 64),
+        "model.in_channels": (m.in_channels, 4_096),
+        "model.text_dim": (m.text_dim, 65_536),
+        "model.time_freq_dim": (m.time_freq_dim, 65_536),
+        "text.max_length": (t.max_length, 8_192),
+        "data.frames": (d.frames, 8_192),
+        "data.height": (d.height, 16_384),
+        "data.width": (d.width, 16_384),
+        "flow.sample_steps": (cfg.flow.sample_steps, 100_000),
+    }
+
+
 def validate(cfg: Config) -> None:
     """Range and consistency checks that span fields and sections."""
     for key, allowed in CHOICES.items():
@@ -226,6 +246,8 @@ def validate(cfg: Config) -> None:
         value = getattr(getattr(cfg, section), name)
         _check(value in allowed, key, f"allowed: {', '.join(allowed)}", value)
     m, d, f, t = cfg.model, cfg.data, cfg.flow, cfg.train
+    for key, (value, most) in limits(cfg).items():
+        _check(value <= most, key, f"must be <= {most}", value)
     positive = {
         "model.in_channels": m.in_channels,
         "model.width": m.width,
@@ -311,8 +333,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             number = hint(value) if hint is float else int(str(value), 0)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}={value!r} is invalid: expected {hint.__name__}") from None
+            if not math.isfinite(number):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
+            expected = "a finite float" if hint is float else "int"
+            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}") from None
         return number
     if hint is str:
         if not isinstance(value, str):
@@ -331,7 +356,7 @@ def _section_from_dict(name: str, cls: type, values: dict[str, Any]) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise ConfigError(f"unknown config key '{name}.{key}'{_suggest(key, names)}")
+            raise ConfigError(f"unknown config key {name + '.' + key!r}{_suggest(key, names)}")
         hint = hints[key]
         if isinstance(hint, types.GenericAlias):
             hint = tuple
@@ -346,9 +371,9 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     sections = {}
     for name, section in values.items():
         if name not in SECTIONS:
-            raise ConfigError(f"unknown config section '{name}'{_suggest(name, SECTIONS)}")
+            raise ConfigError(f"unknown config section {name!r}{_suggest(name, SECTIONS)}")
         if not isinstance(section, dict):
-            raise ConfigError(f"config section '{name}' must be a mapping")
+            raise ConfigError(f"config section {name!r} must be a mapping")
         sections[name] = _section_from_dict(name, SECTIONS[name], section)
     return Config(**sections)
 
@@ -359,10 +384,10 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
-            raise ConfigError(f"override '{item}' must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         section, name = key.split(".", 1)
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section '{section}'{_suggest(section, SECTIONS)}")
+            raise ConfigError(f"unknown config section {section!r}{_suggest(section, SECTIONS)}")
         values[section][name] = value
     return config_from_dict(values)
 
@@ -382,7 +407,9 @@ def load_config_file(path: str | Path) -> Config:
         try:  # safe_load builds plain data only: no Python objects from tags
             values = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            raise ConfigError(
+                f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}"
+            ) from None
     else:
         try:
             values = json.loads(text)
@@ -464,7 +491,7 @@ def resolve_config(name_or_path: str, overrides: Iterable[str] = ()) -> Config:
         cfg = load_config_file(name_or_path)
     else:
         raise ConfigError(
-            f"'{name_or_path}' is neither a preset ({', '.join(PRESETS)}) "
+            f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) "
             "nor a .json/.yaml config file"
         )
     return apply_overrides(cfg, overrides)
