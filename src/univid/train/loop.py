@@ -311,19 +311,21 @@ class Trainer:
         """A line in anomalies.log (from each rank, or from rank 0) and on rank 0's stderr."""
         if not (every_rank or self.dist.main):
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / "anomalies.log").open("a", encoding="utf-8") as f:
-            f.write(message + "\n")
+        self._append_log("anomalies.log", [message])
         if self.dist.main:
             tqdm.write(f"univid: {message}", file=sys.stderr)
 
-    def _log_skipped(self, skipped: list[tuple[int, str]]) -> None:
-        if not skipped:
+    def _append_log(self, name: str, lines: list[str]) -> None:
+        """Append lines to a log file of the run folder (each rank writes its own lines)."""
+        if not lines:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / "skipped.log").open("a", encoding="utf-8") as f:
-            for index, reason in skipped:
-                f.write(f"step {self.step + 1} rank {self.dist.rank} index {index}: {reason}\n")
+        with (self.run_dir / name).open("a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+
+    def _log_skipped(self, skipped: list[tuple[int, str]]) -> None:
+        prefix = f"step {self.step + 1} rank {self.dist.rank}"
+        self._append_log("skipped.log", [f"{prefix} index {i}: {why}" for i, why in skipped])
 
     def run(self) -> dict[str, Any]:
         """Train to the configured number of steps; returns the last metrics row."""
