@@ -1,4 +1,6 @@
-"""The command line: ``univid train | generate | eval | export``. It only parses and calls.
+"""The command line: ``univid prepare | train | generate | eval | info | export``.
+
+It only parses and calls.
 
 User errors (:class:`univid.UnividError`) print one line and exit with code 2; ``--debug`` shows
 the traceback instead.
@@ -49,6 +51,49 @@ def _train(args: argparse.Namespace) -> None:
     if first_rank and out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; use --resume {out} to continue that run")
     train(cfg, out)
+
+
+def _local_spec(spec: str, builtin: str) -> str:
+    """A folder given on the command line, made absolute (the cache records it); or builtin."""
+    return spec if spec == builtin else str(Path(spec).resolve())
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from univid.data.buckets import bucket_name, parse_buckets
+    from univid.data.cache import PrepareSettings, check, prepare, print_report
+    from univid.pipeline import pick_device
+
+    buckets = parse_buckets(args.buckets or f"{args.frames}x{args.height}x{args.width}")
+    settings = PrepareSettings(
+        autoencoder=_local_spec(args.autoencoder, "pixel"),
+        text_encoder=_local_spec(args.text_encoder, "minilm"),
+        max_length=args.max_length,
+        padding=args.padding,
+        buckets=tuple(buckets),
+        fps=args.fps,
+        stride=args.stride,
+        resize=args.resize,
+        max_source_pixels=args.max_source_pixels,
+        dtype=args.dtype,
+        shard_size=args.shard_size,
+        encode_batch=args.batch_size,
+        max_bad_fraction=args.max_bad_fraction,
+    )
+    if not Path(args.src).exists():
+        raise InputError(f"source {args.src} does not exist")
+    if args.check:
+        total, counts, bad = check(args.src, settings)
+        for key, reason in bad:
+            print(f"{key}: {reason}")
+        per_bucket = ", ".join(f"{bucket_name(b)}: {n}" for b, n in sorted(counts.items()))
+        print(f"{total} items: {total - len(bad)} usable ({per_bucket or 'none'}), {len(bad)} bad")
+        return 1 if bad else 0
+    if args.out is None:
+        raise InputError("prepare needs --out FOLDER (or --check)")
+    report = prepare(args.src, args.out, settings, device=pick_device(args.device))
+    print_report(report)
+    print(report.cache)
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -152,7 +197,10 @@ def _export(args: argparse.Namespace) -> None:
 
 
 # Integer options that must be >= 1 when given.
-POSITIVE_OPTIONS = "steps num seeds scale batch_size frames height width text_len".split()
+POSITIVE_OPTIONS = (
+    "steps num seeds scale batch_size frames height width text_len max_length shard_size "
+    "max_source_pixels"
+).split()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +219,34 @@ def build_parser() -> argparse.ArgumentParser:
         "--out DIR if it has one and starts it from CONFIG_OR_PRESET otherwise",
     )
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "prepare",
+        help="encode a folder or table of videos into a training cache (latents + text states)",
+    )
+    p.add_argument("src", help="folder of videos/images with .txt captions, or a .csv/.jsonl table")
+    p.add_argument("--out", help="cache folder (rerun the same command to resume)")
+    p.add_argument("--check", action="store_true", help="only list unusable clips and why")
+    p.add_argument("--autoencoder", default="pixel", help="'pixel' or a local diffusers folder")
+    p.add_argument("--text-encoder", default="minilm", help="'minilm' or a local HF folder")
+    p.add_argument("--max-length", type=int, default=32, help="caption tokens kept")
+    p.add_argument("--padding", default="longest", choices=["longest", "max_length"])
+    p.add_argument("--frames", type=int, default=8, help="frames per clip (one bucket)")
+    p.add_argument("--height", type=int, default=32)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument(
+        "--buckets", help="FxHxW,... shapes to group clips into (default: frames x height x width)"
+    )
+    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to")
+    p.add_argument("--stride", type=int, default=0, help="take every N-th frame instead of --fps")
+    p.add_argument("--resize", default="crop", choices=["crop", "pad"])
+    p.add_argument("--max-source-pixels", type=int, default=8192 * 8192)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--shard-size", type=int, default=64, help="clips per shard file")
+    p.add_argument("--batch-size", type=int, default=4, help="clips encoded together")
+    p.add_argument("--max-bad-fraction", type=float, default=0.1)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=_prepare)
 
     p = sub.add_parser("generate", help="generate a video from a prompt")
     p.add_argument("prompt")
@@ -233,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             parser.exit(2, f"univid: error: --{name.replace('_', '-')} must be >= 1, got {value}\n")
     try:
-        args.func(args)
+        code = args.func(args) or 0
     except UnividError as exc:
         if args.debug:
             raise
@@ -243,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("univid: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code
 
 
 if __name__ == "__main__":

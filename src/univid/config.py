@@ -62,6 +62,9 @@ class TextConfig:
     """'minilm' (bundled all-MiniLM-L6-v2) or a local Hugging Face encoder folder."""
     max_length: int = 32
     """Captions are truncated to this many tokens."""
+    padding: str = "longest"
+    """'longest' (pad a batch to its longest caption) or 'max_length' (always max_length
+    tokens: fixed shapes, e.g. for torch.compile)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +90,13 @@ class DataConfig:
     """Training data."""
 
     dataset: str = "shapes"
-    """Dataset; 'shapes' is the procedural shapes world that ships with univid."""
+    """Dataset when no cache is given; 'shapes' is the procedural shapes world of univid."""
+    cache: str = ""
+    """A folder made by `univid prepare` (latents + text states); when set, training reads it,
+    and the autoencoder, text encoder, channels and clip shape come from it."""
+    autoencoder: str = "pixel"
+    """The space the model works in: 'pixel' (RGB in [-1, 1]) or a local diffusers autoencoder
+    folder (the model sees its normalised latents; generation decodes them)."""
     frames: int = 8
     """Frames per clip."""
     height: int = 32
@@ -98,6 +107,12 @@ class DataConfig:
     """Frames per second of written videos."""
     caption_dropout: float = 0.1
     """Probability of replacing a caption by the empty caption (trains the null condition)."""
+    max_bad_fraction: float = 0.1
+    """Bad samples (skipped and logged) tolerated before training stops; judged once 10 global
+    batches were read (`univid prepare` has its own --max-bad-fraction)."""
+    tokens_per_batch: int = 0
+    """Bucketed caches: per-bucket batch = this // video tokens of a clip (at least 1), so
+    every batch has about the same tokens; 0 uses train.batch_size for every bucket."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,6 +222,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("gelu", "swiglu"),
     "flow.time_sampling": ("logit_normal", "uniform"),
     "data.dataset": ("shapes",),
+    "text.padding": ("longest", "max_length"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.decay": ("constant", "cosine"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -284,6 +300,7 @@ def validate(cfg: Config) -> None:
         "train.threads": t.threads,
         "train.max_nonfinite": t.max_nonfinite,
         "train.spike_factor": t.spike_factor,
+        "data.tokens_per_batch": d.tokens_per_batch,
         "train.weight_decay": t.weight_decay,
         "train.grad_clip": t.grad_clip,
     }.items():
@@ -292,6 +309,13 @@ def validate(cfg: Config) -> None:
     _check(
         0 <= d.caption_dropout < 1, "data.caption_dropout", "must be in [0, 1)", d.caption_dropout
     )
+    _check(
+        0 <= d.max_bad_fraction <= 1,
+        "data.max_bad_fraction",
+        "must be in [0, 1]",
+        d.max_bad_fraction,
+    )
+
     _check(len(m.patch) == 3 and min(m.patch) > 0, "model.patch", "three sizes > 0", m.patch)
     _check(m.width % m.heads == 0, "model.heads", f"must divide model.width={m.width}", m.heads)
     if m.backbone == "dit":
@@ -302,6 +326,8 @@ def validate(cfg: Config) -> None:
             f"dit needs an even head size >= 6 for 3-D RoPE, width/heads = {m.width}/{m.heads}",
             m.heads,
         )
+    if d.autoencoder != "pixel":
+        return  # the latent shape is checked against the patch once the autoencoder is loaded
     for name, size, p in zip(("frames", "height", "width"), (d.frames, d.height, d.width), m.patch):
         _check(
             size % p == 0,

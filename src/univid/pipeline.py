@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from univid.autoencoder import Autoencoder, load_autoencoder
 from univid.build import load_model_dir
 from univid.config import Config
 from univid.errors import InputError
@@ -46,13 +48,28 @@ def check_prompt(prompt: str) -> str:
 
 
 class Pipeline:
-    """A trained velocity model, its text encoder and config, ready to generate videos."""
+    """A trained velocity model, its text encoder, autoencoder and config, ready to generate
+    videos. The autoencoder (``data.autoencoder`` of the config unless given) turns the sampled
+    latents into pixels; 'pixel' models sample pixels directly."""
 
-    def __init__(self, model: nn.Module, text_encoder: TextEncoder, config: Config) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        text_encoder: Any,
+        config: Config,
+        autoencoder: Autoencoder | None = None,
+    ) -> None:
         self.model = model.eval()
         self.text_encoder = text_encoder
         self.config = config
         self.device = next(model.parameters()).device
+        self.autoencoder = autoencoder or load_autoencoder(config.data.autoencoder, self.device)
+        if self.autoencoder.channels != config.model.in_channels:
+            raise InputError(
+                f"model.in_channels={config.model.in_channels} does not match the "
+                f"{self.autoencoder.channels} channels of the autoencoder "
+                f"{config.data.autoencoder!r}"
+            )
 
     @classmethod
     def from_pretrained(
@@ -61,7 +78,7 @@ class Pipeline:
         """Load a bundled model by name or a model / training-run folder."""
         cfg, model = load_model_dir(name_or_dir)
         dev = pick_device(device)
-        text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=dev)
+        text = TextEncoder(cfg.text.encoder, cfg.text.max_length, dev, padding=cfg.text.padding)
         return cls(model.to(dev), text, cfg)
 
     def __call__(
@@ -111,7 +128,8 @@ class Pipeline:
             raise InputError(f"guidance_scale must be >= 0, got {scale}")
         for p in prompts:
             check_prompt(p)
-        shape = (self.config.model.in_channels, data.frames, data.height, data.width)
+        latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
+        shape = (self.config.model.in_channels, *latent)
         # Each video's noise comes from its own seed: a batch equals its videos made one by one.
         noise = torch.stack(
             [torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
@@ -122,4 +140,4 @@ class Pipeline:
         bar = tqdm(total=steps, desc="sampling", disable=not progress, leave=False)
         x = euler_sample(velocity, noise, steps, shift, callback=lambda _: bar.update())
         bar.close()
-        return to_uint8(x)
+        return to_uint8(self.autoencoder.decode(x))

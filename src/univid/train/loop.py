@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -24,6 +25,8 @@ from tqdm.auto import tqdm
 
 from univid.config import Config
 from univid.data import BadSample
+from univid.data.buckets import BucketSampler, bucket_name
+from univid.data.cache import CacheDataset, CachedClip, config_for_cache
 from univid.data.sampler import StreamSampler
 from univid.data.shapes import ShapesWorld, canonical_prompt
 from univid.errors import ConfigError, InputError, TrainingAborted
@@ -31,7 +34,7 @@ from univid.eval.validation import ValidationSet
 from univid.flow import flow_loss_per_sample, logit_normal, uniform
 from univid.parallel import close_distributed, init_distributed, local, parallelize, unwrap
 from univid.pipeline import Pipeline
-from univid.text import TextEncoder
+from univid.text import TextEncoder, pad_states
 from univid.train.checkpoint import (
     atomic_write,
     crash_point,
@@ -92,8 +95,10 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 class MicroBatch:
     """One rank's share of one micro-batch, with its random draws."""
 
-    x: torch.Tensor  # (B, C, T, H, W) in [-1, 1]; zeros where a sample was bad
+    x: torch.Tensor  # (B, C, T, H, W) in [-1, 1] or latents; zeros where a sample was bad
     captions: list[str]
+    text: torch.Tensor | None  # cached caption states (B, L, D), or None: encode the captions
+    text_mask: torch.Tensor | None  # (B, L) True on real tokens
     t: torch.Tensor  # (B,)
     noise: torch.Tensor  # like x
     weight: torch.Tensor  # (B,) 1 for a usable sample, 0 for a skipped one
@@ -104,9 +109,12 @@ class MicroBatch:
 class Trainer:
     """Holds the run's state; :meth:`run` trains to ``cfg.train.steps``.
 
-    ``dataset`` (default: the shapes world of the config) is indexable, returns
-    ``(video uint8 (T, H, W, 3), caption, ...)`` and raises :class:`BadSample` for an item it
-    cannot use; it may define ``__len__`` (otherwise it is unbounded)."""
+    ``dataset`` (default: the cache of ``data.cache``, else the shapes world of the config) is
+    indexable, returns ``(video uint8 (T, H, W, 3), caption, ...)`` or a
+    :class:`univid.data.cache.CachedClip`, and raises :class:`BadSample` for an item it cannot
+    use; it may define ``__len__`` (otherwise it is unbounded), ``buckets`` (bucket -> indices:
+    each batch then comes from one bucket) and ``placeholder(i)`` (what a bad item's place in a
+    batch holds)."""
 
     def __init__(
         self, cfg: Config, run_dir: Path, progress: bool = True, dataset: Any = None
@@ -120,12 +128,18 @@ class Trainer:
         self.device = self.dist.device
         self.amp = autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)
-        self.text = TextEncoder(cfg.text.encoder, cfg.text.max_length, device=self.device)
-        if self.text.dim != cfg.model.text_dim:
+        d = cfg.data
+        if dataset is None and d.cache:
+            dataset = CacheDataset(d.cache)
+        self.cached = isinstance(dataset, CacheDataset)
+        self._text: TextEncoder | None = None
+        if self.cached and dataset.text_dim != cfg.model.text_dim:
             raise ConfigError(
-                f"model.text_dim={cfg.model.text_dim} does not match the text encoder's "
-                f"width {self.text.dim}"
+                f"model.text_dim={cfg.model.text_dim} does not match the cache's text states "
+                f"(width {dataset.text_dim})"
             )
+        if not self.cached:
+            _ = self.text  # load it now: a mismatch should fail before any training
         self.model, self.ema = parallelize(cfg, self.dist, self.amp)
         self.net = unwrap(self.model)
         self.optimizer = torch.optim.AdamW(
@@ -134,23 +148,63 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps, t.decay)
         )
-        d = cfg.data
         self.dataset = (
             dataset
             if dataset is not None
             else ShapesWorld(d.frames, d.height, d.width, seed=t.seed)
         )
         size = len(self.dataset) if hasattr(self.dataset, "__len__") else None
-        self.sampler = StreamSampler(size, seed=t.seed)
         self.global_batch = t.batch_size * self.dist.world * t.grad_accum
+        buckets = getattr(self.dataset, "buckets", None)
+        self.sampler: StreamSampler | BucketSampler
+        if buckets:
+            self.bucket_batch = {b: self.per_rank_batch(b) for b in buckets}
+            share = self.dist.world * t.grad_accum
+            self.sampler = BucketSampler(
+                buckets, {b: n * share for b, n in self.bucket_batch.items()}, seed=t.seed
+            )
+        else:
+            self.sampler = StreamSampler(size, seed=t.seed)
         self.val: ValidationSet | None = None  # built at the first validation
+        self.pipe: Pipeline | None = None  # built at the first sample video
+        # Sample videos show fixed prompts: the shapes world's, or a cache's first captions.
+        self.sample_clips = list(range(min(4, len(self.dataset)))) if self.cached else []
+        self.sample_prompts = (
+            [self.dataset.clips[i]["caption"] for i in self.sample_clips]
+            if self.cached
+            else SAMPLE_PROMPTS
+        )
         self.step = 0  # optimizer steps taken
+        self.batches_seen = 0  # global batches consumed (updates + skipped steps)
         self.samples_seen = 0  # stream positions consumed
         self.skipped = 0  # samples skipped as bad, over all ranks
         self.nonfinite = 0  # steps skipped for a NaN/inf loss or gradient
         self.nonfinite_run = 0  # ... of them in a row, up to now
         self.gnorm_mean: float | None = None  # running mean of the gradient norm
         self.good_steps = 0  # updates since start or resume (spikes are judged after 10)
+
+    @property
+    def text(self) -> TextEncoder:
+        """The frozen text encoder, loaded on first use (a cached run may never need it)."""
+        if self._text is None:
+            c = self.cfg.text
+            self._text = TextEncoder(c.encoder, c.max_length, self.device, padding=c.padding)
+            if self._text.dim != self.cfg.model.text_dim:
+                raise ConfigError(
+                    f"model.text_dim={self.cfg.model.text_dim} does not match the text "
+                    f"encoder's width {self._text.dim}"
+                )
+        return self._text
+
+    def per_rank_batch(self, bucket: tuple[int, int, int]) -> int:
+        """Clips per rank and micro-batch from ``bucket``: ``train.batch_size``, or as many as
+        ``data.tokens_per_batch`` video tokens allow (at least 1)."""
+        budget = self.cfg.data.tokens_per_batch
+        if not budget:
+            return self.cfg.train.batch_size
+        shape = self.dataset.latent_shapes[bucket][1:]
+        tokens = math.prod(s // p for s, p in zip(shape, self.cfg.model.patch))
+        return max(1, budget // tokens)
 
     def resume(self) -> Path:
         """Continue from the newest complete checkpoint of the run folder."""
@@ -160,47 +214,70 @@ class Trainer:
         meta = load_checkpoint(path, self.dist, self.model, self.ema, self.optimizer)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
+        self.batches_seen = int(meta.get("batches_seen", self.samples_seen // self.global_batch))
         self.skipped, self.nonfinite = int(meta["skipped"]), int(meta["nonfinite"])
         return path
 
-    def micro_batch(self, start: int, micro: int) -> MicroBatch:
-        """This rank's part of micro-batch ``micro`` of the step beginning at ``start``."""
-        cfg, t = self.cfg, self.cfg.train
-        positions = self.sampler.positions(
-            start, t.batch_size, self.dist.rank, self.dist.world, micro, t.grad_accum
-        )
-        d = cfg.data
-        blank = np.zeros((d.frames, d.height, d.width, cfg.model.in_channels), np.uint8)
-        videos, captions, times, noises, weight, skipped = [], [], [], [], [], []
-        indices = self.sampler.indices(positions)
-        for p, index in zip(positions, indices):
+    def global_indices(self) -> list[int]:
+        """Dataset indices of the next global batch (every rank computes the same list)."""
+        if isinstance(self.sampler, BucketSampler):
+            return self.sampler.batch(self.batches_seen)
+        return self.sampler.indices(range(self.samples_seen, self.samples_seen + self.global_batch))
+
+    def micro_batch(self, indices: list[int], micro: int) -> MicroBatch:
+        """This rank's part of micro-batch ``micro`` of the global batch ``indices``; ranks own
+        contiguous slices, and sample j's random draws depend only on (seed, stream position)."""
+        cfg, t, d = self.cfg, self.cfg.train, self.cfg.data
+        per = len(indices) // (self.dist.world * t.grad_accum)
+        first = (self.dist.rank * t.grad_accum + micro) * per
+        xs, captions, states, times, noises, weight, skipped = [], [], [], [], [], [], []
+        for j in range(first, first + per):
+            p, index = self.samples_seen + j, indices[j]
             try:
-                video, caption = self.dataset[index][:2]
+                item = self.dataset[index]
                 weight.append(1.0)
             except BadSample as exc:
-                video, caption = blank, ""
+                item = self._placeholder(index)
                 weight.append(0.0)
                 skipped.append((index, str(exc) or type(exc).__name__))
-            if np.random.default_rng([t.seed, p, 1]).random() < d.caption_dropout:
-                caption = ""
-            x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
+            drop = np.random.default_rng([t.seed, p, 1]).random() < d.caption_dropout
+            if isinstance(item, CachedClip):
+                x = item.latents
+                captions.append("" if drop else item.caption)
+                states.append(self.dataset.null_text if drop else item.text)
+            else:
+                video, caption = item[:2]
+                x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
+                x = x.float() / 127.5 - 1.0
+                captions.append("" if drop else caption)
             gen = torch.Generator().manual_seed(t.seed * 1_000_003 + p)
             if cfg.flow.time_sampling == "uniform":
                 times.append(uniform(1, generator=gen))
             else:
                 times.append(logit_normal(1, cfg.flow.logit_mean, cfg.flow.logit_std, gen))
             noises.append(torch.randn(x.shape, generator=gen))
-            videos.append(x)
-            captions.append(caption)
+            xs.append(x)
+        text = mask = None
+        if states:
+            length = cfg.text.max_length if cfg.text.padding == "max_length" else 0
+            text, mask = pad_states(states, self.dataset.text_dim, length)
         return MicroBatch(
-            x=torch.stack(videos).float() / 127.5 - 1.0,
+            x=torch.stack(xs),
             captions=captions,
+            text=text,
+            text_mask=mask,
             t=torch.cat(times),
             noise=torch.stack(noises),
             weight=torch.tensor(weight),
             skipped=skipped,
-            indices=indices,
+            indices=[indices[j] for j in range(first, first + per)],
         )
+
+    def _placeholder(self, index: int) -> Any:
+        if hasattr(self.dataset, "placeholder"):
+            return self.dataset.placeholder(index)
+        d = self.cfg.data
+        return np.zeros((d.frames, d.height, d.width, self.cfg.model.in_channels), np.uint8), ""
 
     def autocast(self, enabled: bool = True) -> torch.autocast:
         """Mixed precision of the run (``train.precision``); a no-op in fp32."""
@@ -210,7 +287,10 @@ class Trainer:
 
     def per_sample_loss(self, batch: MicroBatch) -> torch.Tensor:
         """Rectified-flow loss of each sample of ``batch`` (forward only), shape (B,)."""
-        text, mask = self.text.encode(batch.captions)
+        if batch.text is not None:
+            text, mask = batch.text.to(self.device), batch.text_mask.to(self.device)
+        else:
+            text, mask = self.text.encode(batch.captions)
         x, t, noise = (
             v.to(self.device, non_blocking=True) for v in (batch.x, batch.t, batch.noise)
         )
@@ -234,12 +314,15 @@ class Trainer:
         schedule, EMA and step counter stay as they were, and the data moves on)."""
         t, d = self.cfg.train, self.dist
         self.model.train()
-        batches = [self.micro_batch(self.samples_seen, m) for m in range(t.grad_accum)]
+        indices = self.global_indices()
+        batches = [self.micro_batch(indices, m) for m in range(t.grad_accum)]
         local_valid = torch.stack([b.weight.sum() for b in batches]).sum()
         valid = int(d.sum(local_valid).item())  # all ranks agree on it: all take the same path
         self._log_skipped([s for b in batches for s in b.skipped])
-        self.skipped += self.global_batch - valid
-        self.samples_seen += self.global_batch
+        self.skipped += len(indices) - valid
+        self.samples_seen += len(indices)
+        self.batches_seen += 1
+        self._check_bad_fraction()
         if valid == 0:
             self.step += 1
             return None
@@ -323,6 +406,16 @@ class Trainer:
         with (self.run_dir / name).open("a", encoding="utf-8") as f:
             f.writelines(line + "\n" for line in lines)
 
+    def _check_bad_fraction(self) -> None:
+        """Stop when more than ``data.max_bad_fraction`` of the samples were bad (judged once
+        10 global batches were read, so a few bad clips early on do not stop a run)."""
+        limit = self.cfg.data.max_bad_fraction
+        if self.batches_seen >= 10 and self.skipped > limit * self.samples_seen:
+            raise TrainingAborted(
+                f"{self.skipped} of {self.samples_seen} samples were bad, more than "
+                f"data.max_bad_fraction={limit}; reasons in {self.run_dir / 'skipped.log'}"
+            )
+
     def _log_skipped(self, skipped: list[tuple[int, str]]) -> None:
         prefix = f"step {self.step + 1} rank {self.dist.rank}"
         self._append_log("skipped.log", [f"{prefix} index {i}: {why}" for i, why in skipped])
@@ -386,9 +479,15 @@ class Trainer:
             ) from None
         d, t = self.dist, self.cfg.train
         if self.progress:
+            per_rank = (
+                "(" + ", ".join(f"{bucket_name(b)}: {n}" for b, n in self.bucket_batch.items())
+                if isinstance(self.sampler, BucketSampler)
+                else f"{self.global_batch} = {t.batch_size}"
+            )
             print(
-                f"univid: global batch {self.global_batch} = {t.batch_size} per rank x "
+                f"univid: global batch {per_rank} per rank x "
                 f"{d.world} rank(s) x {t.grad_accum} accumulation step(s)"
+                f"{')' if isinstance(self.sampler, BucketSampler) else ''}"
                 f"{f', parallel.mode={d.mode}' if d.mode != 'none' else ''}",
                 file=sys.stderr,
             )
@@ -414,7 +513,10 @@ class Trainer:
     def validation_losses(self) -> dict[str, float]:
         """Fixed validation loss of the trained weights and of their EMA."""
         if self.val is None:
-            self.val = ValidationSet(self.cfg, self.text)
+            if self.cached:
+                self.val = ValidationSet.from_cache(self.dataset, self.cfg.train.val_clips)
+            else:
+                self.val = ValidationSet(self.cfg, self.text)
         # FSDP's bf16 policy gathers the trained weights in bf16, so they need autocast; the
         # other modes (and every EMA) validate in fp32.
         with self.autocast(enabled=self.dist.mode == "fsdp"):
@@ -425,6 +527,7 @@ class Trainer:
         state = {
             "step": self.step,
             "samples_seen": self.samples_seen,
+            "batches_seen": self.batches_seen,
             "skipped": self.skipped,
             "nonfinite": self.nonfinite,
             "world": self.dist.world,
@@ -446,8 +549,15 @@ class Trainer:
         """A GIF of the EMA model's videos for a few fixed prompts, side by side (rank 0)."""
         if not (self.dist.main or self.dist.mode == "fsdp"):
             return None
-        pipe = Pipeline(self.ema, self.text, self.cfg)
-        videos = pipe.generate(SAMPLE_PROMPTS, list(range(len(SAMPLE_PROMPTS))))
+        if self.pipe is None:
+            text = (
+                self.dataset.text_encoder(self.sample_clips, self.device)
+                if self.cached
+                else self.text
+            )
+            self.pipe = Pipeline(self.ema, text, self.cfg)
+        prompts = self.sample_prompts
+        videos = self.pipe.generate(prompts, list(range(len(prompts))))
         if not self.dist.main:
             return None
         path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
@@ -521,7 +631,13 @@ def train(
     """Train ``cfg`` into ``run_dir`` (or continue it); returns the last metrics row.
 
     Under torchrun every rank calls this; ``cfg.parallel.mode`` says how they share the work.
-    ``dataset`` replaces the config's shapes world (see :class:`Trainer`)."""
+    ``dataset`` replaces the config's shapes world (see :class:`Trainer`); with ``data.cache``
+    set, the cache decides the channels, text encoder, autoencoder and sample shape."""
+    if dataset is None and cfg.data.cache:
+        dataset = CacheDataset(cfg.data.cache)
+        cfg, note = config_for_cache(cfg, dataset)
+        if progress and os.environ.get("RANK", "0") == "0":
+            print(f"univid: {note}", file=sys.stderr)
     trainer = Trainer(cfg, Path(run_dir), progress=progress, dataset=dataset)
     try:
         if resume:

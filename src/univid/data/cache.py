@@ -1,0 +1,474 @@
+"""``univid prepare``: encode every clip once into a cache of sharded safetensors + an index.
+
+Training on real videos spends most of its time decoding and running the autoencoder and the
+text encoder unless they run once, ahead of time. A cache folder holds
+
+- ``settings.json``: how it was made (and the source listing's fingerprint); a rerun with other
+  settings is refused instead of mixing two caches;
+- ``shard_NNNNN.safetensors``: for clip i of the shard, ``i.latents`` (C, T', H', W') and
+  ``i.text`` (L, D) (the caption's real tokens; padding is added when batches are built), and
+  ``shard_NNNNN.json`` (captions, buckets, shapes, the bad clips and why), written last: a shard
+  with its JSON is finished, so a rerun skips it (``prepare`` is resumable);
+- ``null.safetensors``: the empty caption's text states (the unconditional input);
+- ``index.json``: everything above in one file, read by training (``data.cache=FOLDER``);
+- ``bad.log``: every clip that could not be used, with its reason.
+
+Nothing is silently dropped: bad clips are counted, listed and summarised, and ``prepare`` stops
+when more than ``max_bad_fraction`` of the clips are bad.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from univid.config import Config, replace
+from univid.data import BadSample
+from univid.data.buckets import Bucket, available_frames, bucket_name, choose_bucket
+from univid.data.decode import ClipSpec, probe, read_clip
+from univid.data.sources import SourceItem, list_sources
+from univid.errors import ConfigError, CorruptFileError, InputError
+
+FORMAT = 1
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """How clips are read and encoded; stored in the cache and checked when it is resumed."""
+
+    autoencoder: str = "pixel"
+    text_encoder: str = "minilm"
+    max_length: int = 32
+    padding: str = "longest"
+    buckets: tuple[Bucket, ...] = ((8, 32, 32),)
+    fps: float = 8.0
+    stride: int = 0
+    resize: str = "crop"
+    max_source_pixels: int = 8192 * 8192
+    dtype: str = "float32"
+    shard_size: int = 64
+    encode_batch: int = 4
+    max_bad_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InputError(f"dtype {self.dtype!r} must be one of {', '.join(DTYPES)}")
+        for name in ("shard_size", "encode_batch", "max_length"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.fps <= 0 and not self.stride:
+            raise InputError(f"fps must be > 0 (or give a stride), got {self.fps}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise InputError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+
+    def spec(self, bucket: Bucket) -> ClipSpec:
+        return ClipSpec(
+            frames=bucket[0],
+            height=bucket[1],
+            width=bucket[2],
+            fps=self.fps,
+            stride=self.stride,
+            resize=self.resize,
+            max_pixels=self.max_source_pixels,
+        )
+
+    def recorded(self) -> dict[str, Any]:
+        """The settings that decide the cache's content (not how fast it is made)."""
+        values = asdict(self)
+        for name in ("encode_batch", "max_bad_fraction"):
+            values.pop(name)
+        values["buckets"] = [list(b) for b in self.buckets]
+        return values
+
+
+def read_item(item: SourceItem, settings: PrepareSettings) -> tuple[Bucket, np.ndarray]:
+    """Bucket and uint8 clip (T, H, W, 3) of one source item; :class:`BadSample` if unusable."""
+    if item.problem:
+        raise BadSample(item.problem)
+    assert item.path is not None
+    info = probe(item.path, settings.max_source_pixels)
+    usable = available_frames(info.duration, info.frames, settings.fps, settings.stride)
+    bucket = choose_bucket(info.kind, info.width, info.height, usable, settings.buckets)
+    return bucket, read_clip(item.path, settings.spec(bucket))
+
+
+def check(
+    src: str | Path, settings: PrepareSettings, progress: bool = True
+) -> tuple[int, dict[Bucket, int], list[tuple[str, str]]]:
+    """Read every clip of ``src`` once, encode nothing: (clips, clips per bucket, bad ones)."""
+    items = list_sources(src)
+    counts: dict[Bucket, int] = defaultdict(int)
+    bad = []
+    for item in tqdm(items, desc="check", unit="clip", disable=not progress):
+        try:
+            bucket, _ = read_item(item, settings)
+            counts[bucket] += 1
+        except BadSample as exc:
+            bad.append((item.key, str(exc)))
+    return len(items), dict(counts), bad
+
+
+def _fingerprint(items: list[SourceItem]) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.key}\0{item.caption}\0{item.problem}\n".encode("utf-8", "replace"))
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    _atomic_write(path, json.dumps(value, indent=1).encode("utf-8"))
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare`` did: clips cached per bucket, bad clips, shards made and reused."""
+
+    cache: Path
+    clips: int = 0
+    buckets: dict[str, int] = field(default_factory=dict)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    shards_written: int = 0
+    shards_reused: int = 0
+    seconds: float = 0.0
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    settings: PrepareSettings,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> PrepareReport:
+    """Encode every clip of ``src`` (folder, CSV or JSONL) into the cache folder ``out``."""
+    import time
+
+    from safetensors.torch import save
+
+    from univid.autoencoder import load_autoencoder
+    from univid.text import TextEncoder
+
+    start = time.perf_counter()
+    out = Path(out)
+    items = list_sources(src)
+    if not items:
+        raise InputError(f"{src} has no videos, images or table rows")
+    recorded = {**settings.recorded(), "items": len(items), "fingerprint": _fingerprint(items)}
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "settings.json"
+    if settings_path.is_file():
+        before = read_json(settings_path)
+        changed = [k for k in recorded if before.get(k) != recorded[k]]
+        if changed:
+            raise InputError(
+                f"{out} holds a cache made with other settings or sources (differs in "
+                f"{', '.join(changed)}); use a new --out, or the same options to resume it"
+            )
+    else:
+        _write_json(settings_path, recorded)
+
+    autoencoder = load_autoencoder(settings.autoencoder, device=device)
+    for bucket in settings.buckets:
+        autoencoder.check_shape(*bucket)
+    text = TextEncoder(
+        settings.text_encoder, settings.max_length, device=device, padding=settings.padding
+    )
+    dtype = DTYPES[settings.dtype]
+    null_states, null_mask = text.encode([""])
+    null = null_states[0, : int(null_mask[0].sum())]
+    _atomic_write(out / "null.safetensors", save({"text": null.to(dtype).cpu().contiguous()}))
+
+    report = PrepareReport(cache=out)
+    shards = [items[i : i + settings.shard_size] for i in range(0, len(items), settings.shard_size)]
+    allowed_bad = settings.max_bad_fraction * len(items)
+    bar = tqdm(total=len(items), desc="prepare", unit="clip", disable=not progress)
+    entries: list[dict[str, Any]] = []
+    for number, shard in enumerate(shards):
+        name = f"shard_{number:05d}"
+        meta_path = out / f"{name}.json"
+        if meta_path.is_file():
+            meta = read_json(meta_path)
+            report.shards_reused += 1
+        else:
+            meta = _encode_shard(shard, settings, autoencoder, text, dtype, out / name)
+            _write_json(meta_path, meta)
+            report.shards_written += 1
+        for clip in meta["clips"]:
+            entries.append({**clip, "shard": f"{name}.safetensors"})
+        report.bad += [(b["key"], b["reason"]) for b in meta["bad"]]
+        bar.update(len(shard))
+        bar.set_postfix(bad=len(report.bad))
+        if len(report.bad) > allowed_bad:
+            bar.close()
+            _write_bad_log(out, report.bad)
+            raise InputError(
+                f"{len(report.bad)} of {len(items)} clips are bad, more than "
+                f"max_bad_fraction={settings.max_bad_fraction}; reasons in {out / 'bad.log'} "
+                "(finished shards are kept: rerun the same command to resume)"
+            )
+    bar.close()
+    _write_bad_log(out, report.bad)
+    counts: dict[str, int] = defaultdict(int)
+    latent_of: dict[str, list[int]] = {}
+    for entry in entries:
+        counts[entry["bucket_name"]] += 1
+        latent_of[entry["bucket_name"]] = entry["latent"]
+    index = {
+        "format": FORMAT,
+        "settings": settings.recorded(),
+        "autoencoder": autoencoder.describe(),
+        "text_encoder": text.describe(),
+        "channels": autoencoder.channels,
+        "text_dim": text.dim,
+        "dtype": settings.dtype,
+        "buckets": {b: {"clips": counts[b], "latent": latent_of[b]} for b in sorted(counts)},
+        "clips": entries,
+        "bad": [{"key": k, "reason": r} for k, r in report.bad],
+    }
+    _write_json(out / "index.json", index)
+    report.clips, report.buckets = len(entries), dict(counts)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write_bad_log(out: Path, bad: list[tuple[str, str]]) -> None:
+    text = "".join(f"{key}: {reason}\n" for key, reason in bad)
+    _atomic_write(out / "bad.log", text.encode("utf-8"))
+
+
+@torch.no_grad()
+def _encode_shard(
+    shard: list[SourceItem],
+    settings: PrepareSettings,
+    autoencoder: Any,
+    text: Any,
+    dtype: torch.dtype,
+    stem: Path,
+) -> dict[str, Any]:
+    """Decode, encode and write one shard; returns its JSON metadata."""
+    from safetensors.torch import save
+
+    by_bucket: dict[Bucket, list[tuple[int, SourceItem, np.ndarray]]] = defaultdict(list)
+    bad = []
+    for i, item in enumerate(shard):
+        try:
+            bucket, video = read_item(item, settings)
+            by_bucket[bucket].append((i, item, video))
+        except BadSample as exc:
+            bad.append({"key": item.key, "reason": str(exc) or "unusable"})
+    tensors: dict[str, torch.Tensor] = {}
+    clips = []
+    device = getattr(text, "device", "cpu")
+    for bucket, members in sorted(by_bucket.items()):
+        for first in range(0, len(members), settings.encode_batch):
+            group = members[first : first + settings.encode_batch]
+            video = torch.from_numpy(np.stack([v for _, _, v in group])).to(device)
+            video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B, 3, T, H, W)
+            latents = autoencoder.encode(video).float().cpu()
+            states, mask = text.encode([item.caption for _, item, _ in group])
+            for (i, item, _), z, s, m in zip(group, latents, states, mask):
+                tensors[f"{i}.latents"] = z.to(dtype).contiguous()
+                tensors[f"{i}.text"] = s[: int(m.sum())].to(dtype).cpu().contiguous()
+                clips.append(
+                    {
+                        "key": item.key,
+                        "name": str(i),
+                        "caption": item.caption,
+                        "bucket": list(bucket),
+                        "bucket_name": bucket_name(bucket),
+                        "latent": list(z.shape),
+                        "extra": item.extra,
+                    }
+                )
+    clips.sort(key=lambda c: int(c["name"]))
+    if tensors:
+        _atomic_write(stem.with_suffix(".safetensors"), save(tensors))
+    return {"clips": clips, "bad": bad}
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"cannot read {path}: {exc}") from None
+
+
+@dataclass
+class CachedClip:
+    """One cached training clip: normalised latents, caption states, caption."""
+
+    latents: torch.Tensor  # (C, T', H', W') float32
+    text: torch.Tensor  # (L, D) float32, real tokens only
+    caption: str
+
+
+class CacheDataset:
+    """A prepared cache as a training dataset: ``ds[i]`` -> :class:`CachedClip`.
+
+    ``buckets`` maps each (frames, height, width) bucket to its clip indices. A shard that
+    cannot be read makes its clips raise :class:`BadSample` (the trainer skips and counts them).
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        if not (self.folder / "index.json").is_file():
+            raise InputError(
+                f"{self.folder} is not a prepared cache (no index.json); make one with "
+                "`univid prepare SRC --out FOLDER`"
+            )
+        index = read_json(self.folder / "index.json")
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            raise InputError(f"{self.folder / 'index.json'} is not a univid cache index")
+        self.index = index
+        self.clips: list[dict[str, Any]] = index["clips"]
+        if not self.clips:
+            raise InputError(f"the cache {self.folder} has no usable clips")
+        self.channels: int = int(index["channels"])
+        self.text_dim: int = int(index["text_dim"])
+        self.buckets: dict[Bucket, list[int]] = defaultdict(list)
+        for i, clip in enumerate(self.clips):
+            self.buckets[tuple(clip["bucket"])].append(i)
+        self.buckets = dict(self.buckets)
+        self.latent_shapes = {tuple(c["bucket"]): tuple(c["latent"]) for c in self.clips}
+        self._shards: dict[str, Any] = {}
+        from univid.build import read_safetensors
+
+        null = read_safetensors(self.folder / "null.safetensors")
+        self.null_text = null["text"].float()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _shard(self, name: str) -> Any:
+        if name not in self._shards:
+            from safetensors import safe_open
+
+            try:
+                self._shards[name] = safe_open(self.folder / name, framework="pt")
+            except Exception as exc:  # safetensors raises several types for damaged files
+                raise BadSample(f"cannot read cache shard {name}: {exc}") from None
+        return self._shards[name]
+
+    def __getitem__(self, index: int) -> CachedClip:
+        clip = self.clips[index]
+        shard = self._shard(clip["shard"])
+        try:
+            latents = shard.get_tensor(f"{clip['name']}.latents").float()
+            text = shard.get_tensor(f"{clip['name']}.text").float()
+        except Exception as exc:
+            raise BadSample(
+                f"cannot read clip {clip['key']!r} from {clip['shard']}: {exc}"
+            ) from None
+        return CachedClip(latents, text, clip["caption"])
+
+    def placeholder(self, index: int) -> CachedClip:
+        """Zeros of clip ``index``'s shapes: what a bad clip's place in a batch holds."""
+        shape = tuple(self.clips[index]["latent"])
+        return CachedClip(torch.zeros(shape), torch.zeros(1, self.text_dim), "")
+
+    def text_encoder(self, indices: list[int], device: torch.device) -> CachedTextEncoder:
+        """A stand-in text encoder that knows the captions of clips ``indices`` and ''."""
+        states = {self.clips[i]["caption"]: self[i].text for i in indices}
+        states[""] = self.null_text
+        return CachedTextEncoder(states, self.text_dim, device)
+
+    def summary(self) -> str:
+        parts = [f"{name}: {b['clips']}" for name, b in self.index["buckets"].items()]
+        return f"{len(self)} clips in {len(parts)} bucket(s) ({', '.join(parts)})"
+
+
+class CachedTextEncoder:
+    """``encode(captions)`` like :class:`univid.text.TextEncoder`, from states read off a cache,
+    so a run on a cache samples its own captions without loading the text encoder."""
+
+    def __init__(self, states: dict[str, torch.Tensor], dim: int, device: torch.device) -> None:
+        self.states, self.dim, self.device = states, dim, device
+
+    def encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from univid.text import pad_states
+
+        missing = [c for c in captions if c not in self.states]
+        if missing:
+            raise InputError(f"caption {missing[0]!r} is not in the cache")
+        states, mask = pad_states([self.states[c] for c in captions], self.dim)
+        return states.to(self.device), mask.to(self.device)
+
+
+def print_report(report: PrepareReport) -> None:
+    """The end-of-run summary of ``prepare`` on stderr."""
+    buckets = ", ".join(f"{b}: {n}" for b, n in sorted(report.buckets.items()))
+    print(
+        f"univid: cached {report.clips} clips in {report.cache} ({buckets}) in "
+        f"{report.seconds:.1f} s; {report.shards_written} shard(s) written, "
+        f"{report.shards_reused} reused",
+        file=sys.stderr,
+    )
+    if report.bad:
+        print(
+            f"univid: skipped {len(report.bad)} bad clip(s); reasons in {report.cache / 'bad.log'}",
+            file=sys.stderr,
+        )
+
+
+def config_for_cache(cfg: Config, dataset: CacheDataset) -> tuple[Config, str]:
+    """``cfg`` with what the cache decides filled in: latent channels, text encoder and width,
+    autoencoder, frame rate, and the clip shape generated by samples (the most common bucket).
+    Fails with one line when a bucket's latents do not divide into the model's patches."""
+    index = dataset.index
+    text, settings = index["text_encoder"], index["settings"]
+    counts = {b: len(ix) for b, ix in dataset.buckets.items()}
+    bucket = max(counts, key=lambda b: (b[0] > 1, counts[b], b))
+    patch = cfg.model.patch
+    for b, latent in sorted(dataset.latent_shapes.items()):
+        if any(size % p for size, p in zip(latent[1:], patch)):
+            raise ConfigError(
+                f"bucket {bucket_name(b)} of the cache has latents of "
+                f"{bucket_name(latent[1:])} (frames x height x width), which model.patch="
+                f"{','.join(map(str, patch))} does not divide; choose a patch that divides "
+                "every bucket's latent shape, or prepare other buckets"
+            )
+    new = replace(
+        cfg,
+        model=replace(cfg.model, in_channels=dataset.channels, text_dim=dataset.text_dim),
+        text=replace(
+            cfg.text,
+            encoder=text["source"],
+            max_length=int(text["max_length"]),
+            padding=text["padding"],
+        ),
+        data=replace(
+            cfg.data,
+            autoencoder=index["autoencoder"]["spec"],
+            frames=bucket[0],
+            height=bucket[1],
+            width=bucket[2],
+            fps=max(1, round(settings["fps"])),
+        ),
+    )
+    note = (
+        f"training on the cache {dataset.folder}: {dataset.summary()}; autoencoder "
+        f"{new.data.autoencoder}, {dataset.channels} latent channels; text encoder "
+        f"{new.text.encoder} (width {dataset.text_dim}); samples are {bucket_name(bucket)}"
+    )
+    return new, note
