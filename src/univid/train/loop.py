@@ -479,16 +479,17 @@ class Trainer:
             ) from None
         d, t = self.dist, self.cfg.train
         if self.progress:
-            per_rank = (
-                "(" + ", ".join(f"{bucket_name(b)}: {n}" for b, n in self.bucket_batch.items())
-                if isinstance(self.sampler, BucketSampler)
-                else f"{self.global_batch} = {t.batch_size}"
-            )
-            print(
-                f"univid: global batch {per_rank} per rank x "
+            layout = (
                 f"{d.world} rank(s) x {t.grad_accum} accumulation step(s)"
-                f"{')' if isinstance(self.sampler, BucketSampler) else ''}"
-                f"{f', parallel.mode={d.mode}' if d.mode != 'none' else ''}",
+                f"{f', parallel.mode={d.mode}' if d.mode != 'none' else ''}"
+            )
+            if isinstance(self.sampler, BucketSampler):
+                sizes = ", ".join(f"{bucket_name(b)}: {n}" for b, n in self.bucket_batch.items())
+                message = f"global batch per bucket = ({sizes}) per rank x {layout}"
+            else:
+                message = f"global batch {self.global_batch} = {t.batch_size} per rank x {layout}"
+            print(
+                f"univid: {message}",
                 file=sys.stderr,
             )
         return MetricsLogger(self.run_dir)
