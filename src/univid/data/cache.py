@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,8 @@ from univid.data import BadSample
 from univid.data.buckets import Bucket, available_frames, bucket_name, choose_bucket
 from univid.data.decode import ClipSpec, probe, read_clip
 from univid.data.sources import SourceItem, list_sources
-from univid.errors import ConfigError, CorruptFileError, InputError
+from univid.errors import ConfigError, InputError
+from univid.train.checkpoint import atomic_write, read_json
 
 FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -127,12 +127,7 @@ def _fingerprint(items: list[SourceItem]) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -303,15 +298,6 @@ def _encode_shard(
     if tensors:
         _atomic_write(stem.with_suffix(".safetensors"), save(tensors))
     return {"clips": clips, "bad": bad}
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"cannot read {path}: {exc}") from None
 
 
 @dataclass
