@@ -18,7 +18,6 @@ Nothing is downloaded and nothing is unpickled: weights load with ``local_files_
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 
 from univid.autoencoder.base import Autoencoder
 from univid.errors import CorruptFileError, InputError
+from univid.files import read_json
 
 VIDEO_VAES = (
     "AutoencoderKLWan",
@@ -66,12 +66,7 @@ def read_vae_config(folder: Path, spec: str) -> tuple[str, dict[str, Any]]:
             f"autoencoder folder {folder} has no config.json (a local diffusers VAE folder is "
             f"expected; supported: {_supported()})"
         )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"cannot read {config_path} as JSON: {_first_line(exc)}") from None
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path} is not a JSON object")
+    config = read_json(config_path)
     class_name = config.get("_class_name")
     if class_name not in SUPPORTED:
         found = f"'{class_name}'" if class_name else "no _class_name"

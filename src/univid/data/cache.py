@@ -37,7 +37,7 @@ from univid.data.buckets import Bucket, available_frames, bucket_name, choose_bu
 from univid.data.decode import ClipSpec, probe, read_clip
 from univid.data.sources import SourceItem, list_sources
 from univid.errors import ConfigError, InputError
-from univid.train.checkpoint import atomic_write, read_json
+from univid.files import atomic_write, read_json
 
 FORMAT = 1
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

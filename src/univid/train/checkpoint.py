@@ -48,6 +48,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from univid.errors import CorruptFileError, InputError
+from univid.files import atomic_write, fsync, read_json
 from univid.parallel import Dist
 
 MARKER = "COMPLETE"
@@ -62,22 +63,6 @@ def crash_point(point: str, step: int) -> None:
     before the weights export and the pruning of old checkpoints)."""
     if os.environ.get(CRASH_ENV) == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync, and rename onto ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    _fsync(tmp)
-    os.replace(tmp, path)
 
 
 def _tensor_state(
@@ -150,7 +135,7 @@ def save_checkpoint(
         dcp.save(tensors, storage_writer=writer, no_dist=not dist.is_initialized())
     rng_path = tmp / "rng" / f"rank_{info.rank}.json"
     rng_path.write_text(json.dumps(rng_state()), encoding="utf-8")
-    _fsync(rng_path)
+    fsync(rng_path)
     crash_point("checkpoint", step)
     info.barrier()
     if info.main:
@@ -159,13 +144,13 @@ def save_checkpoint(
         (tmp / "config.json").write_text(config_json, encoding="utf-8")
         for f in tmp.rglob("*"):
             if f.is_file():
-                _fsync(f)
+                fsync(f)
         (tmp / MARKER).write_text(str(step), encoding="utf-8")
-        _fsync(tmp / MARKER)
+        fsync(tmp / MARKER)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(root)
+        fsync(root)
     crash_point("published", step)
     export_weights(run_dir, info, ema, config_json)
     if info.main:
@@ -184,17 +169,6 @@ def export_weights(run_dir: Path, info: Dist, module: nn.Module, config_json: st
         state = {k: v.contiguous() for k, v in full.items()}
         atomic_write(run_dir / "model.safetensors", lambda p: save_file(state, p))
         atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a checkpoint; anything else is a :class:`CorruptFileError`."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"cannot read {path} as JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise CorruptFileError(f"{path} does not hold a JSON object")
-    return value
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:

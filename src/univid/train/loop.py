@@ -31,12 +31,12 @@ from univid.data.sampler import StreamSampler
 from univid.data.shapes import ShapesWorld, canonical_prompt
 from univid.errors import ConfigError, InputError, TrainingAborted
 from univid.eval.validation import ValidationSet
+from univid.files import atomic_write
 from univid.flow import flow_loss_per_sample, logit_normal, uniform
 from univid.parallel import close_distributed, init_distributed, local, parallelize, unwrap
 from univid.pipeline import Pipeline
 from univid.text import TextEncoder, pad_states
 from univid.train.checkpoint import (
-    atomic_write,
     crash_point,
     latest_checkpoint,
     load_checkpoint,
