@@ -6,7 +6,7 @@ from univid.build import build_model
 from univid.config import ModelConfig, resolve_config
 from univid.info import closed_form_flops, count_flops, describe, parameter_counts
 from univid.model.dit import DiTBlock
-from univid.model.rope import apply_rope, rope_angles, stream_positions
+from univid.model.rope import apply_rope, rope_angles, rope_tables, stream_positions
 
 
 def dit(**kw) -> torch.nn.Module:
@@ -22,7 +22,7 @@ def test_rope_is_a_rotation():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 40, 24)
     angles = rope_angles(stream_positions(8, (2, 4, 4), None), 24)
-    y = apply_rope(x, angles)
+    y = apply_rope(x, rope_tables(angles))
     assert torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
     assert not torch.allclose(y, x)
     # Position (0, 0, 0) is not rotated at all.
@@ -31,7 +31,7 @@ def test_rope_is_a_rotation():
 
 def score(q, k, pos_q, pos_k, head_dim=30):
     angles = rope_angles(torch.stack([pos_q, pos_k]).double(), head_dim)
-    return (apply_rope(q, angles[:1]) * apply_rope(k, angles[1:])).sum()
+    return (apply_rope(q, rope_tables(angles[:1])) * apply_rope(k, rope_tables(angles[1:]))).sum()
 
 
 def test_rope_scores_depend_only_on_offsets():
@@ -71,11 +71,11 @@ def test_adaln_zero_blocks_are_the_identity_at_init(shared, mlp):
     x = torch.randn(2, 20, 48)
     c = torch.randn(2, 48)  # any time + caption conditioning
     cond = model.modulation(c).view(2, 6, 48) if shared else c
-    angles = rope_angles(stream_positions(4, (1, 4, 4), None), 12)
-    keep = torch.ones(2, 20, dtype=torch.bool)
+    cos, sin = rope_tables(rope_angles(stream_positions(4, (1, 4, 4), None), 12))
+    keep = torch.ones(2, 1, 1, 20, dtype=torch.bool)
     for block in model.blocks:
         assert isinstance(block, DiTBlock)
-        assert torch.equal(block(x, cond, angles, keep), x)
+        assert torch.equal(block(x, cond, (cos[:, None], sin[:, None]), keep), x)
     # The whole model starts by predicting exactly zero.
     video = torch.randn(2, 3, 4, 8, 8)
     text, mask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)

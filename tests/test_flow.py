@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from univid.flow import (
+    SOLVERS,
     euler_sample,
     flow_loss,
     guided,
     logit_normal,
+    nfe,
+    ode_sample,
     sample_path,
     sampling_times,
     shift_time,
@@ -43,6 +46,55 @@ def test_euler_is_exact_on_straight_lines(steps, shift):
     assert torch.allclose(out, noise - 1, atol=1e-12)
 
 
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("steps, shift", [(1, 1.0), (4, 1.0), (5, 3.0)])
+def test_every_solver_is_exact_on_straight_lines(solver, steps, shift):
+    x_data = torch.randn(2, 5, dtype=torch.float64)
+    noise = torch.randn(2, 5, dtype=torch.float64)
+    out = ode_sample(lambda x, t: (x - x_data) / t[:, None], noise, steps, solver, shift)
+    assert torch.allclose(out, x_data, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_solvers_match_their_closed_form_on_dx_dt_equal_x(steps):
+    # dx/dt = x from t = 1 to 0: per step of h = -1/steps Euler multiplies by 1 + h, the
+    # second-order steps by 1 + h + h^2/2 (Heun's last step is Euler); nfe() counts the calls.
+    h = -1.0 / steps
+    expected = {
+        "euler": (1 + h) ** steps,
+        "heun": (1 + h + h * h / 2) ** (steps - 1) * (1 + h),
+        "midpoint": (1 + h + h * h / 2) ** steps,
+    }
+    for solver in SOLVERS:
+        calls = []
+
+        def v(x, t, calls=calls):
+            calls.append(t)
+            return x
+
+        out = ode_sample(v, torch.ones(1, dtype=torch.float64), steps, solver)
+        # The time grid is float32, so h is exact only to float32 precision.
+        assert out.item() == pytest.approx(expected[solver], rel=1e-6)
+        assert len(calls) == nfe(solver, steps)
+
+
+def test_second_order_solvers_converge_faster_than_euler():
+    exact = math.exp(-1.0)
+    error = {}
+    for solver in SOLVERS:
+        for steps in (8, 16):
+            out = ode_sample(lambda x, t: x, torch.ones(1, dtype=torch.float64), steps, solver)
+            error[solver, steps] = abs(out.item() - exact)
+    assert 1.8 < error["euler", 8] / error["euler", 16] < 2.2  # first order
+    assert 3.5 < error["midpoint", 8] / error["midpoint", 16] < 4.5  # second order
+    assert error["heun", 16] < error["euler", 16] / 5
+
+
+def test_unknown_solver_is_refused():
+    with pytest.raises(ValueError, match="solver"):
+        ode_sample(lambda x, t: x, torch.ones(1), 2, "rk4")
+
+
 def test_time_grids():
     times = sampling_times(4)
     assert torch.allclose(times, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
@@ -64,6 +116,8 @@ class Recorder(torch.nn.Module):
 
     def forward(self, x, t, text, mask):
         self.calls += 1
+        if mask is None:  # no caption has padding
+            mask = torch.ones(text.shape[:2], dtype=torch.bool)
         gain = (text * mask[..., None]).sum(dim=(1, 2)) / mask.sum(1).clamp(min=1)
         return x * (1 + gain[:, None])
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from univid.errors import InputError, UnividError
@@ -97,12 +99,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from univid.pipeline import Pipeline, check_prompt
+    from univid.pipeline import check_prompt
     from univid.video import check_output_path, save_video
 
     check_prompt(args.prompt)
     out = check_output_path(args.out)
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = _pipeline(args)
     videos = pipe(
         [args.prompt],
         num_steps=args.steps,
@@ -110,6 +112,7 @@ def _generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         num_videos=args.num,
         progress=True,
+        **_sampling(args),
     )
     paths = [out] if args.num == 1 else [out.with_stem(f"{out.stem}-{k}") for k in range(args.num)]
     for video, path in zip(videos, paths):
@@ -120,7 +123,7 @@ def _generate(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from univid.eval.report import run_eval, write_grid
     from univid.eval.validation import ValidationSet
-    from univid.pipeline import Pipeline
+    from univid.flow import nfe
     from univid.video import check_output_path
 
     if Path(args.out).suffix != ".json":
@@ -130,24 +133,102 @@ def _eval(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
-    pipe = Pipeline.from_pretrained(args.model, device=args.device)
+    pipe = _pipeline(args)
+    flow = pipe.config.flow
+    forwards = []
 
     def generate(prompts: list[str], seeds: list[int]):
-        return pipe.generate(prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance)
+        videos = pipe.generate(
+            prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance, **_sampling(args)
+        )
+        cache = pipe.last_cache
+        steps, solver = args.steps or flow.sample_steps, args.solver or flow.solver
+        forwards.append(cache.computed if cache else nfe(solver, steps))
+        return videos
 
+    start = time.perf_counter()
     report, videos = run_eval(generate, args.seeds, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
     report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
+    steps, solver = args.steps or flow.sample_steps, args.solver or flow.solver
     report["settings"] = {
         "model": str(args.model),
         "seeds": args.seeds,
-        "steps": args.steps or pipe.config.flow.sample_steps,
-        "guidance": pipe.config.flow.guidance if args.guidance is None else args.guidance,
+        "steps": steps,
+        "guidance": flow.guidance if args.guidance is None else args.guidance,
+        "solver": solver,
+        "shift": flow.shift if args.shift is None else args.shift,
+        "step_cache": flow.step_cache if args.step_cache is None else args.step_cache,
+        "nfe": nfe(solver, steps),
+        "forwards_per_batch": sum(forwards) / len(forwards),
+        "sampling_seconds": round(seconds, 2),
     }
     out.write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_grid(report, videos, grid)
     acc = report["accuracy"]
-    summary = {**acc, "val_loss": report["validation"]["val_loss"]}
+    summary = {**acc, "val_loss": report["validation"]["val_loss"], **report["settings"]}
     print(json.dumps({**summary, "report": str(out), "grid": str(grid)}))
+
+
+def _pipeline(args: argparse.Namespace):
+    """The pipeline of `generate` and `eval`, with the speed options of the command line."""
+    from univid.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(
+        args.model, device=args.device, compile=args.compile, quantization=args.quantize
+    )
+    pipe.attention, pipe.precision = args.attention, args.precision
+    return pipe
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"shift": args.shift, "solver": args.solver, "step_cache": args.step_cache}
+
+
+def _add_speed_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
+    p.add_argument("--shift", type=float, help="time shift of the step schedule (1 = uniform)")
+    p.add_argument(
+        "--step-cache",
+        type=float,
+        metavar="T",
+        help="skip the blocks while their input changed less than T in total (0 = off)",
+    )
+    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS)
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile each block (cached)")
+    p.add_argument("--quantize", default="none", choices=QUANTIZATION, help="int8 via torchao")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from univid.bench import run_bench
+
+    return run_bench(args)
+
+
+def _add_bench_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", default="S", help="preset whose model is measured (tiny, S, B, L, XL)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the preset")
+    p.add_argument("--batch", type=int, default=2, help="videos per step")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--text-len", type=int, default=32, help="caption tokens (all real)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (>= 1)")
+    p.add_argument(
+        "--suites",
+        default="steps,attention,precision,compile",
+        help="comma-separated, or 'all': steps, attention, precision, checkpointing, compile, "
+        "sweep",
+    )
+    p.add_argument("--vs", choices=["diffusers"], help="also time diffusers' CogVideoX transformer")
+    p.add_argument("--vs-compile", action="store_true", help="also compare both compiled")
+    p.add_argument("--sweep-depth", type=int, default=2, help="blocks of the token-sweep model")
+    p.add_argument("--sweep-max-gb", type=float, default=12.0, help="skip naive sweeps above")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--jsonl", help="also write the JSON lines to this file")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -195,6 +276,12 @@ def _export(args: argparse.Namespace) -> None:
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
     print(export_model_dir(args.model, args.out, dtype[args.dtype]))
 
+
+# The choices of univid.flow.SOLVERS and univid.speed, spelled out so that building the parser
+# does not import torch (tests check they agree).
+SOLVERS = ("euler", "heun", "midpoint")
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math", "naive")
+QUANTIZATION = ("none", "int8-weight", "int8-dynamic")
 
 # Integer options that must be >= 1 when given.
 POSITIVE_OPTIONS = (
@@ -258,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num", type=int, default=1, help="videos to make (seeds seed..seed+num-1)")
     p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_speed_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="judge every colour x shape x direction prompt")
@@ -269,7 +357,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.json", help="JSON report path")
     p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_speed_options(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser(
+        "bench", help="time, memory and MFU of train and sampling steps (JSON lines)"
+    )
+    _add_bench_options(p)
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("info", help="parameters and FLOPs of a model (counted, and closed form)")
     p.add_argument(
@@ -291,11 +386,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that log warnings on import that a user can do nothing about: torchao (pulled in by
+# transformers and diffusers when installed) about its CUDA-only extensions, torch's pytree and
+# diffusers about torchao's version.
+QUIET_LOGGERS = (
+    "torchao",
+    "torch.utils._pytree",
+    "diffusers.quantizers.torchao.torchao_quantizer",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow options (`train PRESET --out DIR key=value`).
-    if args.command in ("train", "info"):
+    if args.command in ("train", "info", "bench"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
         # argparse puts the first override into `config` when no preset is given before it.

@@ -78,7 +78,13 @@ class FlowConfig:
     logit_std: float = 1.0
     """Standard deviation of the logit-normal time distribution."""
     sample_steps: int = 25
-    """Default number of Euler steps when sampling."""
+    """Default number of sampling steps (intervals of the time grid)."""
+    solver: str = "euler"
+    """ODE solver when sampling: 'euler' (1 forward per step), 'heun' or 'midpoint' (2nd order,
+    about 2 forwards per step)."""
+    step_cache: float = 0.0
+    """Step cache threshold when sampling: skip the blocks while the accumulated relative change
+    of their input stays below it (TeaCache-style); 0 turns it off."""
     shift: float = 1.0
     """Time shift s of the sampling schedule, t' = s t / (1 + (s - 1) t); 1 is no shift."""
     guidance: float = 4.0
@@ -224,6 +230,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("shapes",),
     "text.padding": ("longest", "max_length"),
     "train.precision": ("auto", "fp32", "bf16"),
+    "flow.solver": ("euler", "heun", "midpoint"),
     "train.decay": ("constant", "cosine"),
     "train.device": ("auto", "cpu", "cuda"),
     "parallel.mode": ("none", "ddp", "fsdp"),
@@ -291,6 +298,7 @@ def validate(cfg: Config) -> None:
         _check(value > 0, key, "must be > 0", value)
     _check(f.shift > 0, "flow.shift", "must be > 0", f.shift)
     _check(f.guidance >= 0, "flow.guidance", "must be >= 0", f.guidance)
+    _check(f.step_cache >= 0, "flow.step_cache", "must be >= 0", f.step_cache)
     _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
     for key, value in {
         "train.warmup": t.warmup,

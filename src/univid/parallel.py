@@ -23,6 +23,7 @@ from univid.build import build_model
 from univid.config import Config
 from univid.errors import ConfigError
 from univid.pipeline import pick_device
+from univid.speed import blocks_of, prepare_blocks
 
 
 @dataclass(frozen=True)
@@ -94,30 +95,9 @@ def close_distributed(info: Dist) -> None:
         dist.destroy_process_group()
 
 
-def blocks_of(model: nn.Module) -> nn.ModuleList:
-    """The repeated transformer blocks: the unit of sharding, checkpointing and compiling."""
-    blocks = model.blocks
-    return blocks.layers if isinstance(blocks, nn.TransformerEncoder) else blocks
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The network inside a DDP wrapper (other modules are returned as they are)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def prepare_blocks(model: nn.Module, checkpointing: bool, compile_blocks: bool) -> None:
-    """Activation checkpointing, then regional ``torch.compile``, on each block in place."""
-    blocks = blocks_of(model)
-    for i, block in enumerate(blocks):
-        if checkpointing:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
-                checkpoint_wrapper,
-            )
-
-            block = checkpoint_wrapper(block)
-        if compile_blocks:
-            block.compile()
-        blocks[i] = block
 
 
 def _fully_shard(model: nn.Module, cfg: Config, amp: torch.dtype | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from univid import speed
 from univid.autoencoder import Autoencoder, load_autoencoder
 from univid.build import load_model_dir
 from univid.config import Config
 from univid.errors import InputError
-from univid.flow import euler_sample, guided
+from univid.flow import SOLVERS, guided, ode_sample
+from univid.model.step_cache import StepCache
 from univid.text import TextEncoder
 from univid.video import to_uint8
 
@@ -50,7 +53,16 @@ def check_prompt(prompt: str) -> str:
 class Pipeline:
     """A trained velocity model, its text encoder, autoencoder and config, ready to generate
     videos. The autoencoder (``data.autoencoder`` of the config unless given) turns the sampled
-    latents into pixels; 'pixel' models sample pixels directly."""
+    latents into pixels; 'pixel' models sample pixels directly.
+
+    Speed settings, attributes that may be changed between calls: ``attention`` (an
+    SDPA kernel name or 'naive', see :func:`univid.speed.attention`) and ``precision`` ('auto'
+    = bf16 autocast on CUDA, 'fp32' or 'bf16'). ``from_pretrained`` can also compile the blocks
+    and quantise the weights.
+    """
+
+    attention: str = "auto"
+    precision: str = "auto"
 
     def __init__(
         self,
@@ -63,6 +75,7 @@ class Pipeline:
         self.text_encoder = text_encoder
         self.config = config
         self.device = next(model.parameters()).device
+        self.last_cache: StepCache | None = None
         self.autoencoder = autoencoder or load_autoencoder(config.data.autoencoder, self.device)
         if self.autoencoder.channels != config.model.in_channels:
             raise InputError(
@@ -73,13 +86,24 @@ class Pipeline:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_dir: str | Path = "shapes-tiny", device: str = "auto"
+        cls,
+        name_or_dir: str | Path = "shapes-tiny",
+        device: str = "auto",
+        compile: bool = False,
+        quantization: str = "none",
     ) -> Pipeline:
-        """Load a bundled model by name or a model / training-run folder."""
+        """Load a bundled model by name or a model / training-run folder.
+
+        ``compile`` compiles each block with ``torch.compile`` (cached on disk, see
+        :func:`univid.speed.use_compile_cache`); ``quantization`` is 'none', 'int8-weight' or
+        'int8-dynamic' (torchao).
+        """
         cfg, model = load_model_dir(name_or_dir)
         dev = pick_device(device)
         text = TextEncoder(cfg.text.encoder, cfg.text.max_length, dev, padding=cfg.text.padding)
-        return cls(model.to(dev), text, cfg)
+        model = speed.quantize(model.to(dev), quantization)
+        speed.prepare_blocks(model, checkpointing=False, compile_blocks=compile)
+        return cls(model, text, cfg)
 
     def __call__(
         self,
@@ -90,6 +114,8 @@ class Pipeline:
         num_videos: int = 1,
         shift: float | None = None,
         progress: bool = False,
+        solver: str | None = None,
+        step_cache: float | None = None,
     ) -> np.ndarray:
         """Generate uint8 video(s) of shape (T, H, W, 3).
 
@@ -104,7 +130,9 @@ class Pipeline:
             raise InputError(f"num_videos must be >= 1, got {num_videos}")
         all_prompts = [p for p in prompts for _ in range(num_videos)]
         seeds = [seed + k for _ in prompts for k in range(num_videos)]
-        videos = self.generate(all_prompts, seeds, num_steps, guidance_scale, shift, progress)
+        videos = self.generate(
+            all_prompts, seeds, num_steps, guidance_scale, shift, progress, solver, step_cache
+        )
         return videos[0] if isinstance(prompt, str) and num_videos == 1 else videos
 
     @torch.no_grad()
@@ -116,16 +144,31 @@ class Pipeline:
         guidance_scale: float | None = None,
         shift: float | None = None,
         progress: bool = False,
+        solver: str | None = None,
+        step_cache: float | None = None,
     ) -> np.ndarray:
-        """One video per (prompt, seed) pair, in one batch: uint8 (N, T, H, W, 3)."""
+        """One video per (prompt, seed) pair, in one batch: uint8 (N, T, H, W, 3).
+
+        ``solver`` ('euler', 'heun', 'midpoint') and ``step_cache`` (threshold, 0 = off)
+        default to the config's ``flow`` section; after the call ``self.last_cache`` holds
+        the cache's counts (calls, skipped) when one was used.
+        """
         flow, data = self.config.flow, self.config.data
         steps = flow.sample_steps if num_steps is None else num_steps
         scale = flow.guidance if guidance_scale is None else guidance_scale
         shift = flow.shift if shift is None else shift
+        solver = flow.solver if solver is None else solver
+        threshold = flow.step_cache if step_cache is None else step_cache
         if steps < 1:
             raise InputError(f"num_steps must be >= 1, got {steps}")
         if scale < 0:
             raise InputError(f"guidance_scale must be >= 0, got {scale}")
+        if shift <= 0:
+            raise InputError(f"shift must be > 0, got {shift}")
+        if solver not in SOLVERS:
+            raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
+        if threshold < 0:
+            raise InputError(f"step_cache must be >= 0, got {threshold}")
         for p in prompts:
             check_prompt(p)
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
@@ -136,8 +179,16 @@ class Pipeline:
         ).to(self.device)
         text, mask = self.text_encoder.encode(list(prompts))
         null, null_mask = self.text_encoder.encode([""] * len(prompts))
-        velocity = guided(self.model, text, mask, null, null_mask, scale)
+        cache = StepCache(threshold) if threshold > 0 else None
+        model = self.model if cache is None else functools.partial(self.model, cache=cache)
+        velocity = guided(model, text, mask, null, null_mask, scale)
+        amp = speed.autocast_dtype(self.precision, self.device)
         bar = tqdm(total=steps, desc="sampling", disable=not progress, leave=False)
-        x = euler_sample(velocity, noise, steps, shift, callback=lambda _: bar.update())
+        with (
+            speed.attention(self.model, self.attention),
+            torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None),
+        ):
+            x = ode_sample(velocity, noise, steps, solver, shift, callback=lambda _: bar.update())
         bar.close()
-        return to_uint8(self.autoencoder.decode(x))
+        self.last_cache = cache
+        return to_uint8(self.autoencoder.decode(x.float()))

@@ -23,9 +23,11 @@ from univid.model.embed import (
     unpatchify,
     velocity_from_data,
 )
-from univid.model.rope import apply_rope, rope_angles, stream_positions
+from univid.model.rope import apply_rope, rope_angles, rope_tables, stream_positions
+from univid.model.step_cache import StepCache
 
 MODULATIONS = 6  # shift, scale, gate for attention; shift, scale, gate for the MLP
+ATTENTION = ("sdpa", "naive")
 
 
 def modulation(mlp: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
@@ -34,8 +36,19 @@ def modulation(mlp: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D) * (1 + scale) + shift, with shift and scale (B, D) per sample."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x (B, N, D) * (1 + scale) + shift, with shift and scale (B, D) per sample (one pass)."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def naive_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) V with the N x N scores in memory: the reference the fused
+    ``F.scaled_dot_product_attention`` kernels are checked and measured against."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(dim=-1) @ v
 
 
 class SwiGLU(nn.Module):
@@ -77,29 +90,43 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = make_mlp(width, mlp_ratio, mlp)
         self.shared = shared
+        self.attention = "sdpa"  # or "naive"; see DiTStream.set_attention
         if shared:  # per-block learned offset on the shared modulation
             self.offset = nn.Parameter(torch.zeros(MODULATIONS, width))
         else:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, MODULATIONS * width))
 
+    def modulation_of(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 6, D) shift/scale/gate pairs for this block from c (or the shared modulation)."""
+        if self.shared:
+            return cond + self.offset
+        return modulation(self.modulation, cond).view(cond.shape[0], MODULATIONS, -1)
+
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, angles: torch.Tensor, keep: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """x (B, N, D); cond is c (B, D), or the shared modulation (B, 6, D) for shared blocks;
-        angles (N, head_dim/2) for RoPE; keep (B, N) bool, False = padding (never attended)."""
+        rope the (cos, sin) tables (N, head_dim); mask None (attend everywhere) or (B, 1, 1, N)
+        bool, False = padding (never attended)."""
         B, N, D = x.shape
-        if self.shared:
-            mod = cond + self.offset
-        else:
-            mod = modulation(self.modulation, cond).view(B, MODULATIONS, D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.unbind(dim=1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation_of(cond).unbind(dim=1)
 
         h = modulate(self.norm1(x), shift1, scale1)
-        q, k, v = self.qkv(h).view(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = apply_rope(self.q_norm(q), angles), apply_rope(self.k_norm(k), angles)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-        x = x + gate1[:, None] * self.proj(attn.transpose(1, 2).reshape(B, N, D))
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        q, k, v = self.qkv(h).view(B, N, 3, self.heads, self.head_dim).unbind(dim=2)
+        q = apply_rope(self.q_norm(q), rope).transpose(1, 2)  # (B, heads, N, head_dim)
+        k = apply_rope(self.k_norm(k), rope).transpose(1, 2)
+        v = v.transpose(1, 2)
+        if self.attention == "naive":
+            attn = naive_attention(q, k, v, mask)
+        else:
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = torch.addcmul(x, gate1[:, None], self.proj(attn.transpose(1, 2).reshape(B, N, D)))
+        h = modulate(self.norm2(x), shift2, scale2)
+        return torch.addcmul(x, gate2[:, None], self.mlp(h))
 
 
 class DiTStream(nn.Module):
@@ -168,16 +195,35 @@ class DiTStream(nn.Module):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def condition(self, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor):
+    def set_attention(self, kind: str) -> None:
+        """'sdpa' (``F.scaled_dot_product_attention``, the default; its kernel is picked with
+        ``torch.nn.attention.sdpa_kernel`` around the call) or 'naive' (scores in memory)."""
+        if kind not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {kind!r}")
+        for block in self.blocks:  # through an activation-checkpointing wrapper if there is one
+            getattr(block, "_checkpoint_wrapped_module", block).attention = kind
+
+    def condition(self, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None):
         """c (B, D) = time embedding + projection of the mean of the real caption tokens."""
-        weights = text_mask.to(text.dtype)[..., None]
-        pooled = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        if text_mask is None:
+            pooled = text.mean(1)
+        else:
+            weights = text_mask.to(text.dtype)[..., None]
+            pooled = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return self.time_embed(t) + per_sample_linear(self.text_pool, pooled)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        cache: StepCache | None = None,
     ) -> torch.Tensor:
-        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real."""
+        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real,
+        or None when no caption has padding: then attention runs without any mask, which lets
+        every fused kernel take it. ``cache`` skips the blocks on steps that barely change
+        (sampling only, see :class:`univid.model.step_cache.StepCache`)."""
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
@@ -186,14 +232,31 @@ class DiTStream(nn.Module):
         c = self.condition(t, text, text_mask)
         video = self.video_in(patchify(x, self.patch))
         seq = torch.cat([self.text_in(text).to(video.dtype), video], dim=1)
-        keep = torch.cat([text_mask, text_mask.new_ones(B, video.shape[1])], dim=1)
+        mask = None
+        if text_mask is not None:  # (B, 1, 1, N): broadcast over heads and queries, never N x N
+            mask = torch.cat([text_mask, text_mask.new_ones(B, video.shape[1])], dim=1)
+            mask = mask[:, None, None, :]
         angles = rope_angles(stream_positions(L, grid, x.device), self.head_dim, self.rope_base)
+        cos, sin = rope_tables(angles)
+        rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
         cond = modulation(self.modulation, c).view(B, MODULATIONS, -1) if self.shared else c
-        for block in self.blocks:
-            seq = block(seq, cond, angles, keep)
+        if cache is not None and cache.should_skip(self.cache_probe(seq, cond)):
+            seq = seq + cache.residual
+        else:
+            start = seq
+            for block in self.blocks:
+                seq = block(seq, cond, rope, mask)
+            if cache is not None:
+                cache.store(start, seq)
         shift, scale = modulation(self.modulation_out, c).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(seq[:, L:]), shift, scale))
         out = unpatchify(out, self.patch, (C, T, H, W))
         if self.prediction == "velocity":
             return out
         return velocity_from_data(x, t, out, self.min_time)
+
+    def cache_probe(self, seq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The step cache's probe: the first block's modulated input of the attention."""
+        first = getattr(self.blocks[0], "_checkpoint_wrapped_module", self.blocks[0])
+        shift, scale = first.modulation_of(cond).unbind(dim=1)[:2]
+        return modulate(first.norm1(seq), shift, scale)

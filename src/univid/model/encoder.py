@@ -94,9 +94,10 @@ class EncoderStream(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor
+        self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real."""
+        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real,
+        or None when no caption has padding (attention then runs without a mask)."""
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
@@ -115,9 +116,12 @@ class EncoderStream(nn.Module):
             # A lone time token reaches the video only through attention weights, too weakly
             # to tell t = 0.3 from t = 0.95 early in training; adding t to every token does.
             seq = seq + t_emb.to(seq.dtype)
-        keep = torch.ones(B, 1 + L + video.shape[1], dtype=torch.bool, device=x.device)
-        keep[:, 1 : 1 + L] = text_mask
-        out = self.blocks(seq, src_key_padding_mask=~keep)  # (B, 1 + L + Nv, D)
+        padding = None
+        if text_mask is not None:
+            keep = torch.ones(B, 1 + L + video.shape[1], dtype=torch.bool, device=x.device)
+            keep[:, 1 : 1 + L] = text_mask
+            padding = ~keep
+        out = self.blocks(seq, src_key_padding_mask=padding)  # (B, 1 + L + Nv, D)
         out = unpatchify(self.head(out[:, 1 + L :]), self.patch, (C, T, H, W))
         if self.prediction == "velocity":
             return out

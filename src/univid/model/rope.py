@@ -43,9 +43,23 @@ def rope_angles(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -
     return torch.cat(bands, dim=-1)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x (..., N, head_dim) by angles (N, head_dim/2)."""
+def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles (N, head_dim/2) -> fp32 (cos, sin) tables (N, head_dim) for :func:`apply_rope`.
+
+    Built once per forward and shared by every block: cos repeats each angle's cosine for its
+    pair, sin carries the signs of the rotation (-sin, +sin).
+    """
     cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
-    return out.flatten(-2).to(x.dtype)
+    return cos.repeat_interleave(2, dim=-1), torch.stack([-sin, sin], dim=-1).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x (..., N, head_dim) by the angles of ``tables``.
+
+    (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), written as x * cos + swap(x) * sin so
+    that it is three passes over x (swap, multiply, fused multiply-add) in fp32.
+    """
+    cos, sin = tables
+    xf = x.float()
+    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)

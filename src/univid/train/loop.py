@@ -35,6 +35,7 @@ from univid.files import atomic_write
 from univid.flow import flow_loss_per_sample, logit_normal, uniform
 from univid.parallel import close_distributed, init_distributed, local, parallelize, unwrap
 from univid.pipeline import Pipeline
+from univid.speed import autocast_dtype
 from univid.text import TextEncoder, pad_states
 from univid.train.checkpoint import (
     crash_point,
@@ -63,15 +64,6 @@ METRICS = [
     "skipped",
     "nonfinite",
 ]
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked for or where the device does it well ('auto' = CUDA with bf16)."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def lr_factor(step: int, warmup: int, total: int, decay: str) -> float:

@@ -1,0 +1,149 @@
+"""Fast paths applied to a built model from outside it: attention kernel, regional compile with a
+persistent compile cache, activation checkpointing, int8 quantisation.
+
+The model files import only torch and know nothing of these; each function here changes how an
+existing model runs, never what it computes (up to floating-point rounding, which the tests
+bound against the plain path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from univid.errors import InputError
+
+# 'auto' lets PyTorch pick the fastest fused kernel that supports the inputs.
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math", "naive")
+QUANTIZATION = ("none", "int8-weight", "int8-dynamic")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where asked for or where the device does it well ('auto' = CUDA with bf16)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def blocks_of(model: nn.Module) -> nn.ModuleList:
+    """The repeated transformer blocks: the unit of sharding, checkpointing and compiling."""
+    blocks = model.blocks
+    return blocks.layers if isinstance(blocks, nn.TransformerEncoder) else blocks
+
+
+@contextlib.contextmanager
+def attention(model: nn.Module, backend: str = "auto") -> Iterator[None]:
+    """Run ``model`` with one attention implementation inside the ``with`` block.
+
+    flash / efficient / cudnn / math restrict ``F.scaled_dot_product_attention`` to that kernel
+    (an input the kernel cannot take is an error, not a silent fallback); 'naive' switches the
+    DiT blocks to softmax(QK^T)V with the N x N scores in memory, the reference path.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if backend not in ATTENTION_BACKENDS:
+        known = ", ".join(ATTENTION_BACKENDS)
+        raise InputError(f"attention '{backend}' is unknown: one of {known}")
+    if backend == "naive":
+        if not hasattr(model, "set_attention"):
+            raise InputError("naive attention is only available for the dit backbone")
+        before = blocks_of(model)[0].attention
+        model.set_attention("naive")
+        try:
+            yield
+        finally:
+            model.set_attention(before)
+        return
+    kernels = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+    with sdpa_kernel(kernels[backend]) if backend in kernels else contextlib.nullcontext():
+        yield
+
+
+def compile_cache_dir() -> Path:
+    """Where compiled kernels are kept between runs: $UNIVID_COMPILE_CACHE, else
+    $XDG_CACHE_HOME/univid/compile (~/.cache/univid/compile)."""
+    if os.environ.get("UNIVID_COMPILE_CACHE"):
+        return Path(os.environ["UNIVID_COMPILE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "univid" / "compile"
+
+
+def use_compile_cache(path: Path | None = None) -> Path:
+    """Point Inductor's on-disk caches (FX graphs, AOT autograd, kernels) at ``path`` so a second
+    run of the same shapes loads compiled code instead of compiling again. A cache directory
+    already chosen with TORCHINDUCTOR_CACHE_DIR is left as it is."""
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen:
+        return Path(chosen)
+    path = path or compile_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    return path
+
+
+def prepare_blocks(model: nn.Module, checkpointing: bool, compile_blocks: bool) -> None:
+    """Activation checkpointing, then regional ``torch.compile``, on each block in place.
+
+    Compiling block by block (not the whole model) compiles one graph that every block of the
+    same shape reuses, so compile time does not grow with depth; it serves training and sampling.
+    """
+    blocks = blocks_of(model)
+    if compile_blocks:
+        use_compile_cache()
+    for i, block in enumerate(blocks):
+        if checkpointing:
+            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+                checkpoint_wrapper,
+            )
+
+            block = checkpoint_wrapper(block)
+        if compile_blocks:
+            block.compile()
+        blocks[i] = block
+
+
+def quantize(model: nn.Module, mode: str) -> nn.Module:
+    """int8 weights for inference through torchao, on the token-wise linears of the blocks.
+
+    'int8-weight' stores weights in int8 and dequantises in the matmul; 'int8-dynamic' also
+    quantises activations per token and runs int8 matmuls. The per-sample linears (time, caption,
+    adaLN modulation) stay in float: they are tiny and their exact rounding keeps a batch equal
+    to its videos made alone.
+    """
+    if mode not in QUANTIZATION:
+        raise InputError(f"quantization '{mode}' is unknown: one of {', '.join(QUANTIZATION)}")
+    if mode == "none":
+        return model
+    try:
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
+    except ImportError:
+        raise InputError("int8 quantisation needs torchao: pip install 'univid[quant]'") from None
+    config = (
+        Int8WeightOnlyConfig() if mode == "int8-weight" else Int8DynamicActivationInt8WeightConfig()
+    )
+
+    def token_wise(module: nn.Module, name: str) -> bool:
+        return (
+            isinstance(module, nn.Linear)
+            and name.startswith("blocks.")
+            and ("modulation" not in name)
+        )
+
+    quantize_(model, config, filter_fn=token_wise)
+    return model
