@@ -75,6 +75,43 @@ def measure(args: argparse.Namespace) -> None:
         print(json.dumps(row), flush=True)
 
 
+def time_cache(args: argparse.Namespace) -> None:
+    """Wall time of one batch with and without the step cache, alternating runs (median)."""
+    import statistics
+
+    from univid.data.shapes import all_prompts, canonical_prompt
+    from univid.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device="cpu")
+    prompts = [canonical_prompt(*p) for p in all_prompts()][: args.batch_size]
+    seeds = list(range(len(prompts)))
+    thresholds = [0.0, *args.thresholds]
+    times: dict[float, list[float]] = {th: [] for th in thresholds}
+    skipped: dict[float, int] = {}
+    for _ in range(args.repeats + 1):  # the first round warms up and is dropped
+        for th in thresholds:
+            start = time.perf_counter()
+            pipe.generate(prompts, seeds, num_steps=args.cache_steps, step_cache=th)
+            times[th].append(time.perf_counter() - start)
+            skipped[th] = pipe.last_cache.skipped if pipe.last_cache else 0
+    base = statistics.median(times[0.0][1:])
+    for th in thresholds:
+        median = statistics.median(times[th][1:])
+        row = {
+            "bench": "step_cache_timing",
+            "model": args.model,
+            "steps": args.cache_steps,
+            "step_cache": th,
+            "batch": len(prompts),
+            "skipped": skipped[th],
+            "median_s": round(median, 3),
+            "speedup": round(base / median, 3),
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+        }
+        print(json.dumps(row), flush=True)
+
+
 def plot(path: Path) -> None:
     """Markdown tables on stdout and a PNG of all-three accuracy against NFE next to the JSONL."""
     import matplotlib
@@ -143,9 +180,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=42)
     parser.add_argument("--cache-steps", type=int, default=32, help="steps of the cache runs")
     parser.add_argument("--plot", type=Path, help="summarise a JSONL written earlier")
+    parser.add_argument(
+        "--time-cache", action="store_true", help="only time one batch with/without the cache"
+    )
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.plot:
         plot(args.plot)
+        return
+    if args.time_cache:
+        time_cache(args)
         return
     measure(args)
 

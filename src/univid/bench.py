@@ -64,12 +64,15 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def release_large_blocks() -> None:
-    """glibc: serve blocks >= 1 MiB by mmap and trim freed memory, so RSS tracks live tensors."""
+def malloc_mode(measuring: bool) -> None:
+    """glibc: while measuring memory, serve blocks >= 1 MiB by mmap and trim what is freed, so
+    the resident set follows live tensors; while timing, keep freed blocks (threshold 32 MiB,
+    the most glibc's own adaptive threshold reaches) so steps do not pay for page faults."""
     libc = _libc()
     if libc is not None:
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (also stops its dynamic growth)
-        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD
+        size = 1 << 20 if measuring else 32 << 20
+        libc.mallopt(-3, size)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, size if measuring else 64 << 20)  # M_TRIM_THRESHOLD
 
 
 def _status_kb(field_name: str) -> int:
@@ -92,6 +95,7 @@ def step_peak(device: torch.device) -> Iterator[dict]:
         torch.cuda.synchronize(device)
         out["step_peak_mb"] = (torch.cuda.max_memory_allocated(device) - before) / MB
         return
+    malloc_mode(measuring=True)
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
@@ -99,11 +103,12 @@ def step_peak(device: torch.device) -> Iterator[dict]:
         before = _status_kb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     except OSError:
+        before = None
+    try:
         yield out
-        out["step_peak_mb"] = None
-        return
-    yield out
-    out["step_peak_mb"] = (_status_kb("VmHWM") - before) / 1024
+    finally:
+        malloc_mode(measuring=False)
+    out["step_peak_mb"] = None if before is None else (_status_kb("VmHWM") - before) / 1024
 
 
 def tensor_mb(tensors: Iterator[torch.Tensor]) -> float:
@@ -465,6 +470,12 @@ def run_suite(bench: Bench, cfg: Config, shape: Shape, suites: set[str]) -> None
         speed.prepare_blocks(ckpt.model, checkpointing=True, compile_blocks=False)
         ckpt.settings = {"compiled": False, "checkpointing": True}
         bench.measure("train", ckpt, shape, amp=amp_best)
+    if "quant" in suites:
+        for mode in ("none", "int8-weight", "int8-dynamic"):
+            quantized = univid_runner(cfg, device)
+            speed.quantize(quantized.model, mode)
+            quantized.settings = {"compiled": False, "quantization": mode}
+            bench.measure("sample", quantized, shape, amp=amp_best, flops=mode == "none")
     if "compile" in suites:
         compiled = univid_runner(cfg, device)
         speed.prepare_blocks(compiled.model, checkpointing=False, compile_blocks=True)
@@ -480,7 +491,7 @@ def token_sweep(bench: Bench, cfg: Config, args: argparse.Namespace) -> None:
     runner = univid_runner(sweep_cfg, bench.device)
     m = sweep_cfg.model
     pt, ph, pw = m.patch
-    for tokens in (256, 512, 1024, 2048, 4096, 8192, 16384):
+    for tokens in (t for t in SWEEP_TOKENS if t <= args.sweep_max_tokens):
         frames = 4 if int(math.log2(tokens)) % 2 == 0 else 8  # latent frames; a square grid
         side = math.isqrt(tokens // frames)
         shape = Shape(1, m.in_channels, frames * pt, side * ph, side * pw, 1, m.text_dim, m.patch)
@@ -567,13 +578,20 @@ def vs_diffusers(bench: Bench, cfg: Config, shape: Shape, args: argparse.Namespa
             )
 
 
-SUITES = ("steps", "attention", "precision", "checkpointing", "compile", "sweep")
+SWEEP_TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+SUITES = ("steps", "attention", "precision", "checkpointing", "quant", "compile", "sweep")
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the chosen suites, print JSON lines, and write the report when asked."""
     from univid.pipeline import pick_device
 
+    if args.from_jsonl:  # only render a report from an earlier run's lines
+        if not args.report:
+            raise InputError("--from-jsonl needs --report PATH")
+        rows = [json.loads(line) for line in Path(args.from_jsonl).read_text().splitlines()]
+        render_report(rows, Path(args.report), "univid bench " + " ".join(args.argv))
+        return 0
     device = pick_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -583,7 +601,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise InputError(
             f"unknown suite(s) {', '.join(sorted(unknown))}: choose from {', '.join(SUITES)}"
         )
-    release_large_blocks()
+    malloc_mode(measuring=False)
     cfg = resolve_config(args.size, list(args.overrides))
     shape = bench_shape(cfg, args)
     bench = Bench(device, args.repeats, args.warmup)
@@ -596,4 +614,152 @@ def run_bench(args: argparse.Namespace) -> int:
         token_sweep(bench, cfg, args)
     if args.jsonl:
         Path(args.jsonl).write_text("".join(json.dumps(r) + "\n" for r in bench.rows))
+    if args.report:
+        render_report(bench.rows, Path(args.report), "univid bench " + " ".join(args.argv))
     return 0
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _fmt(value: object, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _variant(row: dict) -> str:
+    parts = ["compiled" if row.get("compiled") else "eager", row.get("precision", "fp32")]
+    if row.get("attention", "auto") != "auto":
+        parts.append(f"attention={row['attention']}")
+    if row.get("checkpointing"):
+        parts.append("checkpointing")
+    if row.get("quantization", "none") != "none":
+        parts.append(row["quantization"])
+    return ", ".join(parts)
+
+
+def render_report(rows: list[dict], path: Path, command: str) -> None:
+    """Markdown tables of a bench run (and the token-sweep plot next to it, as PNG)."""
+    env = next((r for r in rows if r["bench"] == "environment"), {})
+    lines = [
+        f"<!-- written by `{command}`; edit the command, not this file -->",
+        "",
+        f"Device: **{env.get('device', '?')}** ({env.get('cpu', '')}, {env.get('threads')} "
+        f"threads, {env.get('capability', '')}); torch {env.get('torch')}, diffusers "
+        f"{env.get('diffusers', '—')}. Size **{env.get('size')}**, {env.get('tokens')} tokens "
+        "per video (video patches + caption).",
+        "",
+    ]
+    peaks = [r for r in rows if r["bench"] == "device_peak"]
+    if peaks:
+        lines += ["| device peak | TFLOP/s | source |", "|---|---|---|"]
+        lines += [f"| {r['dtype']} | {_fmt(r['tflops'])} | {r['source']} |" for r in peaks]
+        lines.append("")
+    steps = [r for r in rows if r["bench"] in ("train_step", "sample_step") and not r.get("vs")]
+    if steps:
+        lines += [
+            "### Train and sampling steps",
+            "",
+            "| step | variant | median s | min s | tokens/s | peak MB | GFLOP | MFU | first s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in steps:
+            if "error" in r:
+                lines.append(f"| {r['bench'][:-5]} | {_variant(r)} | failed: {r['error']} |||||||")
+                continue
+            mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") else "—"
+            lines.append(
+                f"| {r['bench'][:-5]} | {_variant(r)} | {_fmt(r['median_s'])} | "
+                f"{_fmt(r['min_s'])} | {_fmt(r['tokens_per_s'])} | {_fmt(r['peak_mb'])} | "
+                f"{_fmt(r.get('gflop'))} | {mfu} | {_fmt(r['first_step_s'])} |"
+            )
+        lines.append("")
+    versus = [r for r in rows if r["bench"] == "vs_diffusers"]
+    if versus:
+        models = next((r for r in rows if r["bench"] == "vs_diffusers_models"), {})
+        params = models.get("params", {})
+        lines += [
+            "### univid against diffusers' CogVideoXTransformer3DModel",
+            "",
+            "Same width, depth, heads, caption length and video tokens; parameters: univid "
+            f"{params.get('univid', 0) / 1e6:.1f} M, diffusers "
+            f"{params.get('diffusers', 0) / 1e6:.1f} M. Runs alternate in one process; "
+            "speed-up = diffusers time / univid time.",
+            "",
+            "| step | variant | univid median s | diffusers median s | speed-up (median) | "
+            "speed-up (min) | univid peak MB | diffusers peak MB | memory ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in versus:
+            lines.append(
+                f"| {r['step']} | {r['variant']}, {r['precision']} | "
+                f"{_fmt(r['univid_median_s'])} | {_fmt(r['diffusers_median_s'])} | "
+                f"**{r['speedup_median']:.2f}x** | "
+                f"{r['speedup_min']:.2f}x | {_fmt(r['univid_peak_mb'])} | "
+                f"{_fmt(r['diffusers_peak_mb'])} | {_fmt(r['memory_ratio'])} |"
+            )
+        lines.append("")
+    sweep = [r for r in rows if r["bench"] == "sweep"]
+    if sweep:
+        plot = path.with_name(path.stem + "-memory.png")
+        lines += [
+            "### Peak memory against tokens (sampling step, batch 2 for guidance)",
+            "",
+            f"![peak memory against tokens]({plot.name})",
+            "",
+            "| tokens | SDPA peak MB | SDPA s | naive peak MB | naive s |",
+            "|---|---|---|---|---|",
+        ]
+        by_tokens: dict[int, dict] = {}
+        for r in sweep:
+            by_tokens.setdefault(r["tokens"], {})[r["attention"]] = r
+        for tokens, pair in sorted(by_tokens.items()):
+            fast, naive = pair.get("auto", {}), pair.get("naive", {})
+            naive_cells = (
+                f"{_fmt(naive.get('peak_mb'))} | {_fmt(naive.get('median_s'))}"
+                if "skipped" not in naive
+                else f"skipped: {naive['skipped']} |"
+            )
+            lines.append(
+                f"| {tokens} | {_fmt(fast.get('peak_mb'))} | {_fmt(fast.get('median_s'))} | "
+                f"{naive_cells} |"
+            )
+        lines.append("")
+        _plot_sweep(by_tokens, plot)
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _plot_sweep(by_tokens: dict[int, dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: {path.name} not drawn", flush=True)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label, marker in (
+        ("auto", "SDPA (fused, no N×N scores)", "o"),
+        ("naive", "naive softmax(QKᵀ)V", "s"),
+    ):
+        points = [
+            (tokens, pair[key]["peak_mb"] - pair[key]["state_mb"])
+            for tokens, pair in sorted(by_tokens.items())
+            if key in pair and pair[key].get("peak_mb") is not None
+        ]
+        if points:
+            ax.plot(*zip(*points), marker=marker, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("tokens in the stream")
+    ax.set_ylabel("step memory above weights (MB)")
+    ax.set_title("Sampling-step memory: linear with SDPA, quadratic naive")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -203,6 +203,7 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from univid.bench import run_bench
 
+    args.argv = sys.argv[2:]  # recorded in the report
     return run_bench(args)
 
 
@@ -219,16 +220,19 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--suites",
         default="steps,attention,precision,compile",
-        help="comma-separated, or 'all': steps, attention, precision, checkpointing, compile, "
-        "sweep",
+        help="comma-separated, or 'all': steps, attention, precision, checkpointing, quant, "
+        "compile, sweep",
     )
     p.add_argument("--vs", choices=["diffusers"], help="also time diffusers' CogVideoX transformer")
     p.add_argument("--vs-compile", action="store_true", help="also compare both compiled")
     p.add_argument("--sweep-depth", type=int, default=2, help="blocks of the token-sweep model")
+    p.add_argument("--sweep-max-tokens", type=int, default=16384, help="largest sweep size")
     p.add_argument("--sweep-max-gb", type=float, default=12.0, help="skip naive sweeps above")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--jsonl", help="also write the JSON lines to this file")
+    p.add_argument("--report", help="write a Markdown report (and the sweep plot) here")
+    p.add_argument("--from-jsonl", help="render --report from an earlier --jsonl, measure nothing")
 
 
 def _info(args: argparse.Namespace) -> None:
