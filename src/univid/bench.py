@@ -385,6 +385,7 @@ class Bench:
         )
         if counted:
             row.update(
+                flops=counted,
                 gflop=counted / 1e9,
                 achieved_tflops=counted / median / 1e12,
                 mfu=counted / median / peak_flops,
@@ -589,8 +590,12 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.from_jsonl:  # only render a report from an earlier run's lines
         if not args.report:
             raise InputError("--from-jsonl needs --report PATH")
-        rows = [json.loads(line) for line in Path(args.from_jsonl).read_text().splitlines()]
-        render_report(rows, Path(args.report), "univid bench " + " ".join(args.argv))
+        source = Path(args.from_jsonl)
+        try:
+            rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"cannot read bench lines from {source}: {exc}") from None
+        render_report(rows, Path(args.report), "univid " + " ".join(args.argv))
         return 0
     device = pick_device(args.device)
     if args.threads:
@@ -615,7 +620,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.jsonl:
         Path(args.jsonl).write_text("".join(json.dumps(r) + "\n" for r in bench.rows))
     if args.report:
-        render_report(bench.rows, Path(args.report), "univid bench " + " ".join(args.argv))
+        render_report(bench.rows, Path(args.report), "univid " + " ".join(args.argv))
     return 0
 
 
@@ -721,15 +726,37 @@ def render_report(rows: list[dict], path: Path, command: str) -> None:
             naive_cells = (
                 f"{_fmt(naive.get('peak_mb'))} | {_fmt(naive.get('median_s'))}"
                 if "skipped" not in naive
-                else f"skipped: {naive['skipped']} |"
+                else f"skipped: {naive['skipped']} | —"
             )
             lines.append(
                 f"| {tokens} | {_fmt(fast.get('peak_mb'))} | {_fmt(fast.get('median_s'))} | "
                 f"{naive_cells} |"
             )
         lines.append("")
+        for key, label in (("auto", "SDPA"), ("naive", "naive")):
+            growth = _growth(by_tokens, key)
+            if growth:
+                (t1, t2), exponent = growth
+                lines.append(
+                    f"- {label}: step memory above the weights grows as tokens^{exponent:.2f} "
+                    f"from {t1} to {t2} tokens (1 = linear, 2 = quadratic)."
+                )
+        lines.append("")
         _plot_sweep(by_tokens, plot)
     path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _growth(by_tokens: dict[int, dict], key: str) -> tuple[tuple[int, int], float] | None:
+    """Exponent k of memory ~ tokens^k between the two largest measured sizes."""
+    points = [
+        (tokens, pair[key]["peak_mb"] - pair[key]["state_mb"])
+        for tokens, pair in sorted(by_tokens.items())
+        if key in pair and pair[key].get("peak_mb") is not None
+    ]
+    if len(points) < 2:
+        return None
+    (t1, m1), (t2, m2) = points[-2:]
+    return (t1, t2), math.log(m2 / m1) / math.log(t2 / t1)
 
 
 def _plot_sweep(by_tokens: dict[int, dict], path: Path) -> None:

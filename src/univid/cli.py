@@ -203,7 +203,6 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from univid.bench import run_bench
 
-    args.argv = sys.argv[2:]  # recorded in the report
     return run_bench(args)
 
 
@@ -405,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in bench reports
     # key=value overrides may also follow options (`train PRESET --out DIR key=value`).
     if args.command in ("train", "info", "bench"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
