@@ -22,16 +22,25 @@ import torch
 STEPS = (2, 4, 8, 16, 32)
 
 
-def settings(cache_steps: int) -> list[dict]:
+GROUPS = ("euler", "shift", "midpoint", "heun", "cache")
+
+
+def settings(cache_steps: int, groups: list[str], nfes: tuple[int, ...]) -> list[dict]:
     """Solvers at equal NFE, the shifted schedule, and step-cache thresholds."""
-    rows = [{"solver": "euler", "steps": s, "shift": 1.0} for s in STEPS]
-    rows += [{"solver": "euler", "steps": s, "shift": 3.0} for s in STEPS]
-    rows += [{"solver": "midpoint", "steps": s // 2, "shift": 1.0} for s in STEPS]
-    rows += [{"solver": "heun", "steps": (s + 1) // 2, "shift": 1.0} for s in STEPS]
-    rows += [
-        {"solver": "euler", "steps": cache_steps, "shift": 1.0, "step_cache": threshold}
-        for threshold in (0.05, 0.1, 0.2, 0.3, 0.5)
-    ]
+    rows = []
+    if "euler" in groups:
+        rows += [{"solver": "euler", "steps": s, "shift": 1.0} for s in nfes]
+    if "shift" in groups:
+        rows += [{"solver": "euler", "steps": s, "shift": 3.0} for s in nfes]
+    if "midpoint" in groups:
+        rows += [{"solver": "midpoint", "steps": s // 2, "shift": 1.0} for s in nfes]
+    if "heun" in groups:
+        rows += [{"solver": "heun", "steps": (s + 1) // 2, "shift": 1.0} for s in nfes]
+    if "cache" in groups:
+        rows += [
+            {"solver": "euler", "steps": cache_steps, "shift": 1.0, "step_cache": threshold}
+            for threshold in (0.1, 0.2, 0.3)
+        ]
     return rows
 
 
@@ -41,7 +50,7 @@ def measure(args: argparse.Namespace) -> None:
     from univid.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
-    for setting in settings(args.cache_steps):
+    for setting in settings(args.cache_steps, args.groups.split(","), tuple(args.nfe)):
         setting = {"step_cache": 0.0, **setting}
         seconds, forwards = 0.0, []
 
@@ -180,6 +189,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=42)
     parser.add_argument("--cache-steps", type=int, default=32, help="steps of the cache runs")
     parser.add_argument("--plot", type=Path, help="summarise a JSONL written earlier")
+    parser.add_argument("--groups", default=",".join(GROUPS), help=", ".join(GROUPS))
+    parser.add_argument("--nfe", type=int, nargs="+", default=list(STEPS), help="NFE budgets")
     parser.add_argument(
         "--time-cache", action="store_true", help="only time one batch with/without the cache"
     )

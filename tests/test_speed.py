@@ -386,3 +386,28 @@ def test_cli_generate_with_speed_options(tmp_path, capsys):
         univid.cli.main(["generate", PROMPT, "--out", str(out), "--solver", "rk4"])
     assert exc.value.code == 2
     assert "rk4" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_bf16_and_compile_follow_the_fp32_math_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    model = tiny_dit(width=64).cuda()
+    x, t, text, mask = (v.cuda() for v in inputs())
+    with torch.no_grad(), speed.attention(model, "math"):
+        reference = model(x, t, text, None)
+    with torch.no_grad():
+        for backend in ("flash", "efficient", "cudnn"):
+            with speed.attention(model, backend), torch.autocast("cuda", dtype=torch.bfloat16):
+                try:
+                    out = model(x, t, text, None)
+                except RuntimeError:  # a kernel this GPU does not have
+                    continue
+            assert rel_err(out.float(), reference) < 2e-2, backend
+        with speed.attention(model, "efficient"):  # the fused kernel that takes a mask
+            masked = model(x, t, text, mask)
+        with speed.attention(model, "math"):
+            assert rel_err(masked, model(x, t, text, mask)) < 1e-4
+    compiled = copy.deepcopy(model)
+    speed.prepare_blocks(compiled, checkpointing=False, compile_blocks=True)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        assert rel_err(compiled(x, t, text, None).float(), reference) < 2e-2
