@@ -1,6 +1,7 @@
 """Compile time of regional torch.compile, cold and warm: run twice with the same cache folder.
 
-    rm -rf /tmp/cc; for i in 1 2; do UNIVID_COMPILE_CACHE=/tmp/cc python benchmarks/compile_cache.py; done
+    export UNIVID_COMPILE_CACHE=/tmp/cc; rm -rf /tmp/cc
+    python benchmarks/compile_cache.py; python benchmarks/compile_cache.py
 
 Prints one JSON line: files in the cache, the first forward + backward (compile + step) and the
 next one, for the S model at batch 2 and 1,056 tokens.
