@@ -746,13 +746,18 @@ def render_report(rows: list[dict], path: Path, command: str) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
-def _growth(by_tokens: dict[int, dict], key: str) -> tuple[tuple[int, int], float] | None:
-    """Exponent k of memory ~ tokens^k between the two largest measured sizes."""
-    points = [
+def _sweep_points(by_tokens: dict[int, dict], key: str) -> list[tuple[int, float]]:
+    """(tokens, step memory above the weights in MB) of one attention path, by tokens."""
+    return [
         (tokens, pair[key]["peak_mb"] - pair[key]["state_mb"])
         for tokens, pair in sorted(by_tokens.items())
         if key in pair and pair[key].get("peak_mb") is not None
     ]
+
+
+def _growth(by_tokens: dict[int, dict], key: str) -> tuple[tuple[int, int], float] | None:
+    """Exponent k of memory ~ tokens^k between the two largest measured sizes."""
+    points = _sweep_points(by_tokens, key)
     if len(points) < 2:
         return None
     (t1, m1), (t2, m2) = points[-2:]
@@ -773,11 +778,7 @@ def _plot_sweep(by_tokens: dict[int, dict], path: Path) -> None:
         ("auto", "SDPA (fused, no N×N scores)", "o"),
         ("naive", "naive softmax(QKᵀ)V", "s"),
     ):
-        points = [
-            (tokens, pair[key]["peak_mb"] - pair[key]["state_mb"])
-            for tokens, pair in sorted(by_tokens.items())
-            if key in pair and pair[key].get("peak_mb") is not None
-        ]
+        points = _sweep_points(by_tokens, key)
         if points:
             ax.plot(*zip(*points), marker=marker, label=label)
     ax.set_xscale("log", base=2)
