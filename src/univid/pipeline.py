@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,8 @@ class Pipeline:
             raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
         if threshold < 0:
             raise InputError(f"step_cache must be >= 0, got {threshold}")
+        if threshold > 0 and "cache" not in inspect.signature(self.model.forward).parameters:
+            raise InputError("the step cache needs the dit backbone; this model has none")
         for p in prompts:
             check_prompt(p)
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
