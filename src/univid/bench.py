@@ -34,14 +34,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from univid import speed
 from univid.build import build_model
 from univid.config import Config, resolve_config
 from univid.errors import InputError
 from univid.flow import flow_loss, logit_normal
-from univid.info import CPU_ATTENTION
+from univid.info import flops_of
 
 # Dense peak FLOP/s from the datasheets (SXM parts), by dtype; other GPUs are measured.
 GPU_PEAKS = {
@@ -291,13 +290,6 @@ def sample_step_fn(runner: Runner, inputs: dict, device: torch.device, amp: torc
     return step, None
 
 
-def count_flops(step: Callable[[], object]) -> int:
-    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION)
-    with counter:
-        step()
-    return counter.get_total_flops()
-
-
 def time_step(step: Callable[[], object], device: torch.device, repeats: int, warmup: int):
     for _ in range(warmup):
         step()
@@ -369,7 +361,7 @@ class Bench:
                 times = time_step(step, self.device, repeats or self.repeats, self.warmup - 1)
                 with step_peak(self.device) as mem:
                     step()
-                counted = count_flops(step) if flops else None
+                counted = flops_of(step) if flops else None
         except (RuntimeError, InputError) as exc:  # e.g. a kernel that cannot take the inputs
             return self.emit({**row, "error": " ".join(str(exc).split())[:200]})
         median = statistics.median(times)

@@ -135,6 +135,7 @@ def _eval(args: argparse.Namespace) -> None:
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     pipe = _pipeline(args)
     flow = pipe.config.flow
+    steps, solver = args.steps or flow.sample_steps, args.solver or flow.solver
     forwards = []
 
     def generate(prompts: list[str], seeds: list[int]):
@@ -142,7 +143,6 @@ def _eval(args: argparse.Namespace) -> None:
             prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance, **_sampling(args)
         )
         cache = pipe.last_cache
-        steps, solver = args.steps or flow.sample_steps, args.solver or flow.solver
         forwards.append(cache.computed if cache else nfe(solver, steps))
         return videos
 
@@ -150,7 +150,6 @@ def _eval(args: argparse.Namespace) -> None:
     report, videos = run_eval(generate, args.seeds, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
-    steps, solver = args.steps or flow.sample_steps, args.solver or flow.solver
     report["settings"] = {
         "model": str(args.model),
         "seeds": args.seeds,
@@ -289,7 +288,7 @@ QUANTIZATION = ("none", "int8-weight", "int8-dynamic")
 # Integer options that must be >= 1 when given.
 POSITIVE_OPTIONS = (
     "steps num seeds scale batch_size frames height width text_len max_length shard_size "
-    "max_source_pixels"
+    "max_source_pixels repeats warmup batch sweep_depth sweep_max_tokens"
 ).split()
 
 

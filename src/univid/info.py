@@ -9,6 +9,7 @@ textbook estimate the count is checked against: 2 FLOPs per token-wise weight pe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -64,6 +65,14 @@ def _inputs(cfg: Config, shape: tuple[int, int, int], text_len: int, batch: int,
     return x, torch.full((batch,), 0.5, device=device), text, mask
 
 
+def flops_of(fn: Callable[[], object]) -> int:
+    """FLOPs of whatever ``fn`` runs, counted by ``torch.utils.flop_counter`` (CPU attention
+    kernels included)."""
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def count_flops(
     cfg: Config,
     frames: int,
@@ -81,11 +90,13 @@ def count_flops(
     # cannot see into; without dropout the forward computes the same thing.
     model.train()
     x, t, text, mask = _inputs(cfg, (frames, height, width), text_len, batch, device)
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
+
+    def run() -> None:
         out = model(x, t, text, mask)
         if backward:
             out.float().pow(2).mean().backward()
-    return counter.get_total_flops()
+
+    return flops_of(run)
 
 
 def closed_form_flops(cfg: Config, frames: int, height: int, width: int, text_len: int) -> int:

@@ -53,8 +53,7 @@ def ode_sample(
     ``shift`` bends the time grid (see :func:`univid.flow.sampling_times`); :func:`nfe` gives
     the number of velocity evaluations.
     """
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+    _check_solver(solver)
     times = sampling_times(steps, shift, device=noise.device)
     x = noise
     for i in range(steps):
@@ -75,10 +74,14 @@ def ode_sample(
     return x
 
 
-def nfe(solver: str, steps: int) -> int:
-    """Velocity evaluations (network forwards) that :func:`ode_sample` makes."""
+def _check_solver(solver: str) -> None:
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
+
+
+def nfe(solver: str, steps: int) -> int:
+    """Velocity evaluations (network forwards) that :func:`ode_sample` makes."""
+    _check_solver(solver)
     return {"euler": steps, "heun": 2 * steps - 1, "midpoint": 2 * steps}[solver]
 
 
