@@ -11,7 +11,7 @@ from pathlib import Path
 from univid.config import resolve_config
 from univid.data import BadSample
 from univid.data.shapes import ShapesWorld
-from univid.train.loop import train
+from univid.train import train
 
 
 class WorldWithBadClips(ShapesWorld):

@@ -20,8 +20,8 @@ import pytest
 
 from univid.config import apply_overrides, load_config_file, resolve_config
 from univid.data.sampler import StreamSampler
+from univid.train import train
 from univid.train.checkpoint import complete_checkpoints
-from univid.train.loop import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 COMMON = [

@@ -19,7 +19,7 @@ from univid.config import resolve_config
 from univid.data.cache import CacheDataset
 from univid.data.decode import ClipSpec, read_clip
 from univid.text import TextEncoder
-from univid.train.loop import train
+from univid.train import train
 
 BUCKETS = "16x24x32,8x32x32,1x24x32"
 HUGE = str(320 * 320)  # the bad set's huge.mp4 is 640x640

@@ -150,6 +150,6 @@ def test_k_nonfinite_steps_in_a_row_stop_the_run_with_its_checkpoints_intact(tmp
 def test_gradient_norm_spikes_are_logged(tmp_path):
     trainer = Trainer(resolve_config("tiny", ["train.device=cpu"]), tmp_path, progress=False)
     for norm in [1.0] * 10 + [5.0, 50.0]:
-        trainer._watch_spikes(norm)
+        trainer.guard.watch_spikes(norm, trainer.step + 1)
     lines = (tmp_path / "anomalies.log").read_text().splitlines()
     assert len(lines) == 1 and "gradient-norm spike 50" in lines[0]

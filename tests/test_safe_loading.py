@@ -18,7 +18,7 @@ from univid.config import resolve_config
 from univid.errors import CorruptFileError, InputError, UnividError
 from univid.pipeline import Pipeline
 from univid.text.encoder import resolve_encoder_path
-from univid.train.loop import train
+from univid.train import train
 
 
 class CreatesFile:

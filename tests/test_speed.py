@@ -9,11 +9,12 @@ import univid
 import univid.cli
 import univid.flow
 from univid import speed
+from univid.device import autocast_dtype
 from univid.errors import InputError
-from univid.model.dit import DiTStream
+from univid.model.dit import Attention, DiTStream
 from univid.model.encoder import EncoderStream
 from univid.model.rope import apply_rope, rope_angles, rope_tables
-from univid.model.step_cache import StepCache
+from univid.step_cache import StepCache, step_cache
 
 PROMPT = "a red circle moving right"
 
@@ -127,7 +128,7 @@ def test_naive_attention_equals_sdpa(masked):
     mask = mask if masked else None
     with torch.no_grad():
         fused = model(x, t, text, mask)
-        model.set_attention("naive")
+        speed.swap_attention(model, speed.NaiveAttention)
         naive = model(x, t, text, mask)
     assert torch.allclose(naive, fused, atol=1e-5)
     # The comparison means something only if attention shapes the output: attending to the
@@ -141,7 +142,7 @@ def test_naive_attention_gradients_equal_sdpa():
     model = tiny_dit()
     x, t, text, mask = inputs()
     out_f, loss_f, grads_f = loss_and_grads(model, x, t, text, mask)
-    model.set_attention("naive")
+    speed.swap_attention(model, speed.NaiveAttention)
     out_n, loss_n, grads_n = loss_and_grads(model, x, t, text, mask)
     assert rel_err(out_n, out_f) < 1e-5
     assert abs(loss_n - loss_f) <= 1e-4 * abs(loss_f)
@@ -173,15 +174,15 @@ def test_speed_attention_contexts():
                     out = model(x, t, text, m)
                 assert torch.allclose(out, default, atol=1e-5), (backend, m is None)
         with speed.attention(model, "naive"):
-            assert all(block.attention == "naive" for block in model.blocks)
+            assert all(isinstance(block.attention, speed.NaiveAttention) for block in model.blocks)
             naive = model(x, t, text, mask)
-        assert all(block.attention == "sdpa" for block in model.blocks)
+        assert all(isinstance(block.attention, Attention) for block in model.blocks)
         assert torch.allclose(naive, model(x, t, text, mask), atol=1e-5)
 
     # The backend is restored also when the body raises.
     with pytest.raises(RuntimeError), speed.attention(model, "naive"):
         raise RuntimeError("boom")
-    assert all(block.attention == "sdpa" for block in model.blocks)
+    assert all(isinstance(block.attention, Attention) for block in model.blocks)
 
     with pytest.raises(InputError, match="unknown"), speed.attention(model, "fastest"):
         pass
@@ -254,9 +255,9 @@ def test_bf16_autocast_is_close_to_fp32():
 
 def test_autocast_dtype():
     cpu = torch.device("cpu")
-    assert speed.autocast_dtype("auto", cpu) is None
-    assert speed.autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert speed.autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp32", cpu) is None
 
 
 # ---- step cache ------------------------------------------------------------------------------
@@ -268,7 +269,9 @@ def test_step_cache_threshold_zero_never_skips():
     with torch.no_grad():
         for step in range(4):
             x, t, text, mask = inputs(seed=step)
-            assert torch.equal(model(x, t, text, mask, cache=cache), model(x, t, text, mask))
+            with step_cache(model, cache):
+                cached = model(x, t, text, mask)
+            assert torch.equal(cached, model(x, t, text, mask))
     assert (cache.calls, cache.skipped, cache.computed) == (4, 0, 4)
 
 
@@ -288,22 +291,27 @@ def test_step_cache_huge_threshold_reuses_the_residual():
     x, t, text, mask = inputs()
     cache = StepCache(1e9)
     with torch.no_grad():
-        first = model(x, t, text, mask, cache=cache)
+        with step_cache(model, cache):
+            first = model(x, t, text, mask)
         assert torch.equal(first, model(x, t, text, mask))  # the first call runs the blocks
-        assert torch.allclose(model(x, t, text, mask, cache=cache), first, atol=1e-6)
+        with step_cache(model, cache):
+            assert torch.allclose(model(x, t, text, mask), first, atol=1e-6)
         residual = cache.residual.clone()
         x2, t2 = x + 0.3 * torch.randn_like(x), t * 0.9
-        skipped = model(x2, t2, text, mask, cache=cache)
+        with step_cache(model, cache):
+            skipped = model(x2, t2, text, mask)
         assert (cache.calls, cache.skipped) == (3, 2)
         # A skipped step is exactly the model with the blocks replaced by the old residual.
         reference = copy.deepcopy(model)
-        reference.blocks = torch.nn.ModuleList([AddResidual(residual)])
+        reference.blocks = AddResidual(residual)
         assert torch.equal(skipped, reference(x2, t2, text, mask))
         assert not torch.allclose(skipped, model(x2, t2, text, mask), atol=1e-4)
 
         cache.reset()
         assert cache.calls == cache.skipped == 0 and cache.residual is None
-        assert torch.equal(model(x2, t2, text, mask, cache=cache), model(x2, t2, text, mask))
+        with step_cache(model, cache):
+            cached = model(x2, t2, text, mask)
+        assert torch.equal(cached, model(x2, t2, text, mask))
         assert (cache.calls, cache.skipped) == (1, 0)
 
     with pytest.raises(ValueError, match=">= 0"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,39 +19,9 @@ from univid.errors import InputError, UnividError
 
 
 def _train(args: argparse.Namespace) -> None:
-    from univid.config import apply_overrides, load_config_file, resolve_config
-    from univid.train.checkpoint import latest_checkpoint
-    from univid.train.loop import train
+    from univid.train import start_or_resume
 
-    if args.resume == "latest":  # continue --out if it has a checkpoint, else start it
-        if args.out is None:
-            raise InputError("--resume latest needs --out DIR")
-        if latest_checkpoint(Path(args.out)) is not None:
-            args.resume = args.out
-        elif args.config is None:
-            raise InputError(f"{args.out} has no complete checkpoint and no CONFIG_OR_PRESET given")
-        else:
-            cfg = resolve_config(args.config, args.overrides)
-            train(cfg, Path(args.out))
-            return
-    if args.resume:
-        run_dir = Path(args.resume)
-        if not (run_dir / "config.json").is_file():
-            raise InputError(f"cannot resume: {run_dir} is not a training run (no config.json)")
-        cfg = apply_overrides(load_config_file(run_dir / "config.json"), args.overrides)
-        train(cfg, run_dir, resume=True)
-        return
-    if args.config is None or args.out is None:
-        raise InputError("train needs CONFIG_OR_PRESET and --out DIR (or --resume DIR)")
-    cfg = resolve_config(args.config, args.overrides)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} is a file, not a folder")
-    # Under torchrun only rank 0 checks: the others could already see its new run folder.
-    first_rank = os.environ.get("RANK", "0") == "0"
-    if first_rank and out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} is not empty; use --resume {out} to continue that run")
-    train(cfg, out)
+    start_or_resume(args.config, args.overrides, args.out, args.resume)
 
 
 def _local_spec(spec: str, builtin: str) -> str:
@@ -63,7 +32,7 @@ def _local_spec(spec: str, builtin: str) -> str:
 def _prepare(args: argparse.Namespace) -> int:
     from univid.data.buckets import bucket_name, parse_buckets
     from univid.data.cache import PrepareSettings, check, prepare, print_report
-    from univid.pipeline import pick_device
+    from univid.device import pick_device
 
     buckets = parse_buckets(args.buckets or f"{args.frames}x{args.height}x{args.width}")
     settings = PrepareSettings(

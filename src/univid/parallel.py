@@ -21,8 +21,8 @@ from torch import nn
 
 from univid.build import build_model
 from univid.config import Config
+from univid.device import pick_device
 from univid.errors import ConfigError
-from univid.pipeline import pick_device
 from univid.speed import blocks_of, prepare_blocks
 
 
@@ -57,6 +57,11 @@ class Dist:
 def torchrun_world() -> int:
     """Number of processes torchrun started (1 when not launched by torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def torchrun_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def init_distributed(cfg: Config) -> Dist:

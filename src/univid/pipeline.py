@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,25 +12,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from univid import speed
+from univid import step_cache as caching
 from univid.autoencoder import Autoencoder, load_autoencoder
 from univid.build import load_model_dir
 from univid.config import Config
+from univid.device import autocast, autocast_dtype, pick_device
 from univid.errors import InputError
 from univid.flow import SOLVERS, guided, ode_sample
-from univid.model.step_cache import StepCache
+from univid.step_cache import StepCache
 from univid.text import TextEncoder
 from univid.video import to_uint8
 
 MAX_PROMPT_CHARS = 2000
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but no CUDA device is available")
-    return torch.device(name)
 
 
 def check_prompt(prompt: str) -> str:
@@ -170,8 +161,6 @@ class Pipeline:
             raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
         if threshold < 0:
             raise InputError(f"step_cache must be >= 0, got {threshold}")
-        if threshold > 0 and "cache" not in inspect.signature(self.model.forward).parameters:
-            raise InputError("the step cache needs the dit backbone; this model has none")
         for p in prompts:
             check_prompt(p)
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
@@ -183,13 +172,13 @@ class Pipeline:
         text, mask = self.text_encoder.encode(list(prompts))
         null, null_mask = self.text_encoder.encode([""] * len(prompts))
         cache = StepCache(threshold) if threshold > 0 else None
-        model = self.model if cache is None else functools.partial(self.model, cache=cache)
-        velocity = guided(model, text, mask, null, null_mask, scale)
-        amp = speed.autocast_dtype(self.precision, self.device)
+        velocity = guided(self.model, text, mask, null, null_mask, scale)
+        amp = autocast_dtype(self.precision, self.device)
         bar = tqdm(total=steps, desc="sampling", disable=not progress, leave=False)
         with (
             speed.attention(self.model, self.attention),
-            torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None),
+            caching.step_cache(self.model, cache),
+            autocast(self.device, amp),
         ):
             x = ode_sample(velocity, noise, steps, solver, shift, callback=lambda _: bar.update())
         bar.close()

@@ -17,19 +17,11 @@ import torch
 from torch import nn
 
 from univid.errors import InputError
+from univid.model.dit import Attention
 
 # 'auto' lets PyTorch pick the fastest fused kernel that supports the inputs.
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math", "naive")
 QUANTIZATION = ("none", "int8-weight", "int8-dynamic")
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked for or where the device does it well ('auto' = CUDA with bf16)."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def blocks_of(model: nn.Module) -> nn.ModuleList:
@@ -38,13 +30,38 @@ def blocks_of(model: nn.Module) -> nn.ModuleList:
     return blocks.layers if isinstance(blocks, nn.TransformerEncoder) else blocks
 
 
+class NaiveAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d)) V with the N x N scores in memory: the reference the fused
+    ``F.scaled_dot_product_attention`` kernels are checked and measured against."""
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1) @ v
+
+
+def swap_attention(model: nn.Module, kind: type[nn.Module]) -> int:
+    """Put a new ``kind()`` in place of every attention module of the DiT blocks (through any
+    wrapper around them); returns how many were swapped."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (Attention, NaiveAttention)):
+                setattr(parent, name, kind())
+                swapped += 1
+    return swapped
+
+
 @contextlib.contextmanager
 def attention(model: nn.Module, backend: str = "auto") -> Iterator[None]:
     """Run ``model`` with one attention implementation inside the ``with`` block.
 
     flash / efficient / cudnn / math restrict ``F.scaled_dot_product_attention`` to that kernel
-    (an input the kernel cannot take is an error, not a silent fallback); 'naive' switches the
-    DiT blocks to softmax(QK^T)V with the N x N scores in memory, the reference path.
+    (an input the kernel cannot take is an error, not a silent fallback); 'naive' swaps the DiT
+    blocks' attention modules for :class:`NaiveAttention`, the reference path.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -52,14 +69,12 @@ def attention(model: nn.Module, backend: str = "auto") -> Iterator[None]:
         known = ", ".join(ATTENTION_BACKENDS)
         raise InputError(f"attention '{backend}' is unknown: one of {known}")
     if backend == "naive":
-        if not hasattr(model, "set_attention"):
+        if not swap_attention(model, NaiveAttention):
             raise InputError("naive attention is only available for the dit backbone")
-        before = blocks_of(model)[0].attention
-        model.set_attention("naive")
         try:
             yield
         finally:
-            model.set_attention(before)
+            swap_attention(model, Attention)
         return
     kernels = {
         "flash": SDPBackend.FLASH_ATTENTION,

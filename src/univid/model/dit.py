@@ -24,10 +24,8 @@ from univid.model.embed import (
     velocity_from_data,
 )
 from univid.model.rope import apply_rope, rope_angles, rope_tables, stream_positions
-from univid.model.step_cache import StepCache
 
 MODULATIONS = 6  # shift, scale, gate for attention; shift, scale, gate for the MLP
-ATTENTION = ("sdpa", "naive")
 
 
 def modulation(mlp: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
@@ -40,15 +38,17 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
 
 
-def naive_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """softmax(Q K^T / sqrt(d)) V with the N x N scores in memory: the reference the fused
-    ``F.scaled_dot_product_attention`` kernels are checked and measured against."""
-    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1) @ v
+class Attention(nn.Module):
+    """softmax(Q K^T / sqrt(d)) V through ``F.scaled_dot_product_attention`` (its kernel is
+    picked with ``torch.nn.attention.sdpa_kernel`` around the call). A module of its own so that
+    another implementation can be swapped in from outside (see :func:`univid.speed.attention`).
+    """
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """q, k, v (B, heads, N, head_dim); mask None or (B, 1, 1, N) bool, True = attend."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 class SwiGLU(nn.Module):
@@ -90,7 +90,7 @@ class DiTBlock(nn.Module):
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.mlp = make_mlp(width, mlp_ratio, mlp)
         self.shared = shared
-        self.attention = "sdpa"  # or "naive"; see DiTStream.set_attention
+        self.attention = Attention()
         if shared:  # per-block learned offset on the shared modulation
             self.offset = nn.Parameter(torch.zeros(MODULATIONS, width))
         else:
@@ -120,13 +120,25 @@ class DiTBlock(nn.Module):
         q = apply_rope(self.q_norm(q), rope).transpose(1, 2)  # (B, heads, N, head_dim)
         k = apply_rope(self.k_norm(k), rope).transpose(1, 2)
         v = v.transpose(1, 2)
-        if self.attention == "naive":
-            attn = naive_attention(q, k, v, mask)
-        else:
-            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        attn = self.attention(q, k, v, mask)
         x = torch.addcmul(x, gate1[:, None], self.proj(attn.transpose(1, 2).reshape(B, N, D)))
         h = modulate(self.norm2(x), shift2, scale2)
         return torch.addcmul(x, gate2[:, None], self.mlp(h))
+
+
+class DiTBlocks(nn.ModuleList):
+    """The stack of blocks, called as one module (so a wrapper can stand in for all of them)."""
+
+    def forward(
+        self,
+        seq: torch.Tensor,
+        cond: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        for block in self:
+            seq = block(seq, cond, rope, mask)
+        return seq
 
 
 class DiTStream(nn.Module):
@@ -175,7 +187,7 @@ class DiTStream(nn.Module):
         self.time_embed = TimeEmbedding(time_freq_dim, width)
         if self.shared:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, MODULATIONS * width))
-        self.blocks = nn.ModuleList(
+        self.blocks = DiTBlocks(
             DiTBlock(width, heads, mlp_ratio, mlp, qk_norm, self.shared) for _ in range(depth)
         )
         self.norm_out = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -195,14 +207,6 @@ class DiTStream(nn.Module):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def set_attention(self, kind: str) -> None:
-        """'sdpa' (``F.scaled_dot_product_attention``, the default; its kernel is picked with
-        ``torch.nn.attention.sdpa_kernel`` around the call) or 'naive' (scores in memory)."""
-        if kind not in ATTENTION:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {kind!r}")
-        for block in self.blocks:  # through an activation-checkpointing wrapper if there is one
-            getattr(block, "_checkpoint_wrapped_module", block).attention = kind
-
     def condition(self, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None):
         """c (B, D) = time embedding + projection of the mean of the real caption tokens."""
         if text_mask is None:
@@ -218,12 +222,10 @@ class DiTStream(nn.Module):
         t: torch.Tensor,
         text: torch.Tensor,
         text_mask: torch.Tensor | None,
-        cache: StepCache | None = None,
     ) -> torch.Tensor:
         """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real,
         or None when no caption has padding: then attention runs without any mask, which lets
-        every fused kernel take it. ``cache`` skips the blocks on steps that barely change
-        (sampling only, see :class:`univid.model.step_cache.StepCache`)."""
+        every fused kernel take it."""
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
@@ -240,23 +242,10 @@ class DiTStream(nn.Module):
         cos, sin = rope_tables(angles)
         rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
         cond = modulation(self.modulation, c).view(B, MODULATIONS, -1) if self.shared else c
-        if cache is not None and cache.should_skip(self.cache_probe(seq, cond)):
-            seq = seq + cache.residual
-        else:
-            start = seq
-            for block in self.blocks:
-                seq = block(seq, cond, rope, mask)
-            if cache is not None:
-                cache.store(start, seq)
+        seq = self.blocks(seq, cond, rope, mask)
         shift, scale = modulation(self.modulation_out, c).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(seq[:, L:]), shift, scale))
         out = unpatchify(out, self.patch, (C, T, H, W))
         if self.prediction == "velocity":
             return out
         return velocity_from_data(x, t, out, self.min_time)
-
-    def cache_probe(self, seq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The step cache's probe: the first block's modulated input of the attention."""
-        first = getattr(self.blocks[0], "_checkpoint_wrapped_module", self.blocks[0])
-        shift, scale = first.modulation_of(cond).unbind(dim=1)[:2]
-        return modulate(first.norm1(seq), shift, scale)

@@ -12,11 +12,21 @@ restarts at zero. ``threshold=0`` never skips. The first call always runs the bl
 
 Deciding needs the change on the host, so a cached forward costs one device sync; the cache is for
 sampling only (it keeps no graph and must not be used in training).
+
+The model knows nothing of the cache: :func:`step_cache` stands :class:`CachedBlocks` in for the
+DiT's stack of blocks for the length of a ``with`` block.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
+from torch import nn
+
+from univid.errors import InputError
+from univid.model.dit import DiTBlocks, modulate
 
 
 class StepCache:
@@ -65,3 +75,47 @@ class StepCache:
     def computed(self) -> int:
         """Calls that ran the blocks."""
         return self.calls - self.skipped
+
+
+class CachedBlocks(DiTBlocks):
+    """The same blocks (the same modules, so the same weights and names), run through a
+    :class:`StepCache`: skipped while the probe barely moved, the last residual added instead."""
+
+    def __init__(self, blocks: nn.ModuleList, cache: StepCache) -> None:
+        super().__init__(blocks)
+        self.cache = cache
+
+    def probe(self, seq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The first block's modulated input of the attention."""
+        first = self[0]
+        shift, scale = first.modulation_of(cond).unbind(dim=1)[:2]
+        return modulate(first.norm1(seq), shift, scale)
+
+    def forward(
+        self,
+        seq: torch.Tensor,
+        cond: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.cache.should_skip(self.probe(seq, cond)):
+            return seq + self.cache.residual
+        out = super().forward(seq, cond, rope, mask)
+        self.cache.store(seq, out)
+        return out
+
+
+@contextlib.contextmanager
+def step_cache(model: nn.Module, cache: StepCache | None) -> Iterator[None]:
+    """Run ``model`` (a DiT) with ``cache`` inside the ``with`` block; None does nothing."""
+    if cache is None:
+        yield
+        return
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, DiTBlocks):
+        raise InputError("the step cache needs the dit backbone; this model has none")
+    model.blocks = CachedBlocks(blocks, cache)
+    try:
+        yield
+    finally:
+        model.blocks = blocks

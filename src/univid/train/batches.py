@@ -1,0 +1,245 @@
+"""Batch assembly: which samples a step trains on, with their random draws, built ahead of time.
+
+Every random draw of a training sample (which clip, caption dropout, t, noise) is a pure
+function of (seed, stream position), and the samplers of :mod:`univid.data.sampler` and
+:mod:`univid.data.buckets` say which positions each rank takes. So the batches of the next steps
+can be built on a background thread while the current step computes: what lands where does not
+depend on when it is built, and a resumed run sees exactly the samples an uninterrupted run
+would have seen.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from univid.config import Config
+from univid.data import BadSample
+from univid.data.buckets import BucketSampler, bucket_name
+from univid.data.cache import CachedClip
+from univid.data.sampler import StreamSampler
+from univid.flow import logit_normal, uniform
+from univid.parallel import Dist
+from univid.text import pad_states
+
+
+@dataclass
+class MicroBatch:
+    """One rank's share of one micro-batch, with its random draws."""
+
+    x: torch.Tensor  # (B, C, T, H, W) in [-1, 1] or latents; zeros where a sample was bad
+    captions: list[str]
+    text: torch.Tensor | None  # cached caption states (B, L, D), or None: encode the captions
+    text_mask: torch.Tensor | None  # (B, L) True on real tokens
+    t: torch.Tensor  # (B,)
+    noise: torch.Tensor  # like x
+    weight: torch.Tensor  # (B,) 1 for a usable sample, 0 for a skipped one
+    skipped: list[tuple[int, str]]  # (dataset index, reason)
+    indices: list[int]  # dataset index of every sample
+
+
+@dataclass
+class GlobalBatch:
+    """This rank's micro-batches of one global batch, and where the stream stands after it."""
+
+    micro: list[MicroBatch]
+    size: int  # samples in the global batch, over all ranks
+    samples_seen: int  # stream positions consumed once this batch is used
+    batches_seen: int
+
+    @property
+    def usable(self) -> int:
+        """Usable samples of this rank (host arithmetic: no tensor is read)."""
+        return sum(len(b.indices) - len(b.skipped) for b in self.micro)
+
+    @property
+    def skipped(self) -> list[tuple[int, str]]:
+        return [s for b in self.micro for s in b.skipped]
+
+    @property
+    def indices(self) -> list[int]:
+        return [i for b in self.micro for i in b.indices]
+
+
+class BatchPlan:
+    """The run's sample stream cut into global batches, micro-batches and ranks.
+
+    ``dataset`` is indexable, returns ``(video uint8 (T, H, W, 3), caption, ...)`` or a
+    :class:`univid.data.cache.CachedClip`, and raises :class:`BadSample` for an item it cannot
+    use; it may define ``__len__`` (otherwise it is unbounded), ``buckets`` (bucket -> indices:
+    each batch then comes from one bucket) and ``placeholder(i)`` (what a bad item's place in a
+    batch holds)."""
+
+    def __init__(self, cfg: Config, dist: Dist, dataset: Any) -> None:
+        self.cfg, self.dist, self.dataset = cfg, dist, dataset
+        t = cfg.train
+        self.share = dist.world * t.grad_accum  # micro-batches per global batch
+        self.global_batch = t.batch_size * self.share
+        buckets = getattr(dataset, "buckets", None)
+        self.sampler: StreamSampler | BucketSampler
+        self.bucket_batch: dict[tuple[int, int, int], int] = {}
+        if buckets:
+            self.bucket_batch = {b: self.per_rank_batch(b) for b in buckets}
+            sizes = {b: n * self.share for b, n in self.bucket_batch.items()}
+            self.sampler = BucketSampler(buckets, sizes, seed=t.seed)
+        else:
+            size = len(dataset) if hasattr(dataset, "__len__") else None
+            self.sampler = StreamSampler(size, seed=t.seed)
+
+    def per_rank_batch(self, bucket: tuple[int, int, int]) -> int:
+        """Clips per rank and micro-batch from ``bucket``: ``train.batch_size``, or as many as
+        ``data.tokens_per_batch`` video tokens allow (at least 1)."""
+        budget = self.cfg.data.tokens_per_batch
+        if not budget:
+            return self.cfg.train.batch_size
+        shape = self.dataset.latent_shapes[bucket][1:]
+        tokens = math.prod(s // p for s, p in zip(shape, self.cfg.model.patch))
+        return max(1, budget // tokens)
+
+    def describe(self) -> str:
+        """The batch layout on one line, for the start of a run."""
+        d, t = self.dist, self.cfg.train
+        layout = (
+            f"{d.world} rank(s) x {t.grad_accum} accumulation step(s)"
+            f"{f', parallel.mode={d.mode}' if d.mode != 'none' else ''}"
+        )
+        if self.bucket_batch:
+            sizes = ", ".join(f"{bucket_name(b)}: {n}" for b, n in self.bucket_batch.items())
+            return f"global batch per bucket = ({sizes}) per rank x {layout}"
+        return f"global batch {self.global_batch} = {t.batch_size} per rank x {layout}"
+
+    def global_indices(self, samples_seen: int, batches_seen: int) -> list[int]:
+        """Dataset indices of the next global batch (every rank computes the same list)."""
+        if isinstance(self.sampler, BucketSampler):
+            return self.sampler.batch(batches_seen)
+        return self.sampler.indices(range(samples_seen, samples_seen + self.global_batch))
+
+    def batch(self, samples_seen: int, batches_seen: int) -> GlobalBatch:
+        """This rank's micro-batches of the global batch that starts the stream's rest."""
+        indices = self.global_indices(samples_seen, batches_seen)
+        micro = [
+            self.micro_batch(indices, m, samples_seen) for m in range(self.cfg.train.grad_accum)
+        ]
+        return GlobalBatch(micro, len(indices), samples_seen + len(indices), batches_seen + 1)
+
+    def micro_batch(self, indices: list[int], micro: int, samples_seen: int) -> MicroBatch:
+        """This rank's part of micro-batch ``micro`` of the global batch ``indices``; ranks own
+        contiguous slices, and sample j's random draws depend only on (seed, stream position)."""
+        per = len(indices) // self.share
+        first = (self.dist.rank * self.cfg.train.grad_accum + micro) * per
+        parts = [self.sample(indices[j], samples_seen + j) for j in range(first, first + per)]
+        xs, captions, states, times, noises, weight, skipped = zip(*parts)
+        text = mask = None
+        if states[0] is not None:
+            t = self.cfg.text
+            length = t.max_length if t.padding == "max_length" else 0
+            text, mask = pad_states(list(states), self.dataset.text_dim, length)
+        return MicroBatch(
+            x=torch.stack(xs),
+            captions=list(captions),
+            text=text,
+            text_mask=mask,
+            t=torch.cat(times),
+            noise=torch.stack(noises),
+            weight=torch.tensor(weight),
+            skipped=[s for s in skipped if s is not None],
+            indices=[indices[j] for j in range(first, first + per)],
+        )
+
+    def sample(self, index: int, position: int) -> tuple:
+        """(x, caption, text states or None, t, noise, weight, skip reason or None) of one
+        stream position."""
+        cfg = self.cfg
+        seed = cfg.train.seed
+        skipped = None
+        try:
+            item, weight = self.dataset[index], 1.0
+        except BadSample as exc:
+            item, weight = self.placeholder(index), 0.0
+            skipped = (index, str(exc) or type(exc).__name__)
+        drop = np.random.default_rng([seed, position, 1]).random() < cfg.data.caption_dropout
+        state = None
+        if isinstance(item, CachedClip):
+            x, caption = item.latents, item.caption
+            state = self.dataset.null_text if drop else item.text
+        else:
+            video, caption = item[:2]
+            x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
+            x = x.float() / 127.5 - 1.0
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + position)
+        f = cfg.flow
+        if f.time_sampling == "uniform":
+            t = uniform(1, generator=gen)
+        else:
+            t = logit_normal(1, f.logit_mean, f.logit_std, gen)
+        noise = torch.randn(x.shape, generator=gen)
+        return x, "" if drop else caption, state, t, noise, weight, skipped
+
+    def placeholder(self, index: int) -> Any:
+        """What a bad item's place in a batch holds (its weight is 0)."""
+        if hasattr(self.dataset, "placeholder"):
+            return self.dataset.placeholder(index)
+        d = self.cfg.data
+        return np.zeros((d.frames, d.height, d.width, self.cfg.model.in_channels), np.uint8), ""
+
+
+class Prefetcher:
+    """Builds the next ``depth`` global batches on a background thread, in stream order.
+
+    Batch assembly is Python and numpy work (decoding, rendering, random draws); run ahead, it
+    overlaps with the step's compute. An exception in the thread reaches the consumer at the
+    batch it belongs to."""
+
+    def __init__(
+        self, plan: BatchPlan, samples_seen: int, batches_seen: int, depth: int = 2
+    ) -> None:
+        self.plan = plan
+        self.pin = plan.dist.device.type == "cuda"
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(
+            target=self._fill, args=(samples_seen, batches_seen), daemon=True, name="batches"
+        )
+        self.thread.start()
+
+    def _fill(self, samples_seen: int, batches_seen: int) -> None:
+        while not self.stop.is_set():
+            try:
+                batch = self.plan.batch(samples_seen, batches_seen)
+                if self.pin:
+                    for b in batch.micro:
+                        b.x, b.noise = b.x.pin_memory(), b.noise.pin_memory()
+            except BaseException as exc:  # handed to the consumer, raised there
+                self._put(exc)
+                return
+            samples_seen, batches_seen = batch.samples_seen, batch.batches_seen
+            self._put(batch)
+
+    def _put(self, item: object) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[GlobalBatch]:
+        return self
+
+    def __next__(self) -> GlobalBatch:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the batch it is building) and drop what it built."""
+        self.stop.set()
+        self.thread.join()
