@@ -376,10 +376,24 @@ def test_quantize_none_and_unknown():
 # ---- command line ----------------------------------------------------------------------------
 
 
-def test_cli_choices_agree_with_the_library():
-    assert univid.cli.SOLVERS == univid.flow.SOLVERS
-    assert univid.cli.ATTENTION_BACKENDS == speed.ATTENTION_BACKENDS
-    assert univid.cli.QUANTIZATION == speed.QUANTIZATION
+def test_cli_choices_are_the_library_values():
+    """Each option's allowed values are defined once, in the library, and the parser reads them
+    from there; config checks use the same tuples."""
+    import univid.config
+    import univid.device
+
+    parser = univid.cli.build_parser()
+    generate = parser._subparsers._group_actions[0].choices["generate"]
+    choices = {a.dest: tuple(a.choices) for a in generate._actions if a.choices is not None}
+    assert choices["solver"] == univid.flow.SOLVERS
+    assert choices["attention"] == speed.ATTENTION_BACKENDS
+    assert choices["quantize"] == speed.QUANTIZATION
+    assert choices["precision"] == univid.device.PRECISIONS
+    assert choices["device"] == univid.device.DEVICES
+    assert univid.config.choices()["flow.solver"] is univid.flow.SOLVERS
+    assert univid.config.choices()["train.precision"] is univid.device.PRECISIONS
+    with pytest.raises(SystemExit):
+        parser.parse_args(["generate", "x", "--out", "v.gif", "--solver", "rk4"])
 
 
 def test_cli_generate_with_speed_options(tmp_path, capsys):

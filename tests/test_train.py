@@ -1,9 +1,12 @@
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import univid
 from univid.build import build_model
 from univid.config import apply_overrides, resolve_config
 from univid.data.shapes import ShapesWorld
@@ -105,3 +108,34 @@ def test_compiled_and_checkpointed_blocks_train_like_eager_ones(tmp_path):
         assert math.isclose(gnorm_e.item(), gnorm_f.item(), rel_tol=1e-4)
     for pe, pf in zip(eager.model.parameters(), fast.model.parameters()):
         torch.testing.assert_close(pe, pf, rtol=1e-4, atol=1e-6)
+
+
+def test_steps_between_log_intervals_read_nothing_from_the_device(tmp_path, monkeypatch):
+    """At default guard settings (non-finite guard and spike watch on) a step makes no host
+    sync: no tensor is read from univid's code until the flags are read at a host event."""
+    cfg = resolve_config("tiny", ["train.device=cpu", "train.val_every=0"])
+    assert cfg.train.max_nonfinite and cfg.train.spike_factor  # the defaults: guards on
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.update()  # the first step builds the optimizer state and starts the prefetcher
+    source = str(Path(univid.__file__).parent)
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.startswith(source):
+                reads.append(f"{name} at {caller}:{sys._getframe(1).f_lineno}")
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in ("item", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    for _ in range(5):
+        trainer.update()
+    assert reads == []
+    trainer.settle()  # the logging interval: now the flags are read, once
+    assert len(reads) == 1 and reads[0].startswith("tolist")
+    assert trainer.step == 6 and trainer.updates == 6

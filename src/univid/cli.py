@@ -18,6 +18,48 @@ from pathlib import Path
 from univid.errors import InputError, UnividError
 
 
+class Choices:
+    """An option's allowed values, read from the module that defines them when argparse first
+    asks (so building the parser imports no torch, and no value is written twice)."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def values(self) -> tuple[str, ...]:
+        import importlib
+
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __iter__(self):
+        return iter(self.values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.values()
+
+    def __len__(self) -> int:
+        return len(self.values())
+
+
+SOLVERS = Choices("univid.flow", "SOLVERS")
+ATTENTION_BACKENDS = Choices("univid.speed", "ATTENTION_BACKENDS")
+QUANTIZATION = Choices("univid.speed", "QUANTIZATION")
+PRECISIONS = Choices("univid.device", "PRECISIONS")
+DEVICES = Choices("univid.device", "DEVICES")
+DTYPES = Choices("univid.device", "DTYPES")
+PADDING = Choices("univid.text.encoder", "PADDING")
+RESIZE_MODES = Choices("univid.data.decode", "RESIZE_MODES")
+
+
+def _add_choice(
+    p: argparse.ArgumentParser, flag: str, choices: Choices, help: str = "", **kwargs: object
+) -> None:
+    """An option whose values come from ``choices``: the metavar keeps argparse from reading
+    them while the parser is built; help lists them when it is shown."""
+    metavar = flag.lstrip("-").upper().replace("-", "_")
+    help = f"{help} (%(choices)s)" if help else "one of %(choices)s"
+    p.add_argument(flag, choices=choices, metavar=metavar, help=help, **kwargs)
+
+
 def _train(args: argparse.Namespace) -> None:
     from univid.train import start_or_resume
 
@@ -154,7 +196,7 @@ def _sampling(args: argparse.Namespace) -> dict:
 
 
 def _add_speed_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--solver", choices=SOLVERS, help="ODE solver (default: the model's)")
+    _add_choice(p, "--solver", SOLVERS, help="ODE solver (default: the model's)")
     p.add_argument("--shift", type=float, help="time shift of the step schedule (1 = uniform)")
     p.add_argument(
         "--step-cache",
@@ -162,10 +204,10 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
         metavar="T",
         help="skip the blocks while their input changed less than T in total (0 = off)",
     )
-    p.add_argument("--attention", default="auto", choices=ATTENTION_BACKENDS)
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    _add_choice(p, "--attention", ATTENTION_BACKENDS, default="auto")
+    _add_choice(p, "--precision", PRECISIONS, default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (cached)")
-    p.add_argument("--quantize", default="none", choices=QUANTIZATION, help="int8 via torchao")
+    _add_choice(p, "--quantize", QUANTIZATION, default="none", help="int8 via torchao")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -196,7 +238,7 @@ def _add_bench_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep-max-tokens", type=int, default=16384, help="largest sweep size")
     p.add_argument("--sweep-max-gb", type=float, default=12.0, help="skip naive sweeps above")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_choice(p, "--device", DEVICES, default="auto")
     p.add_argument("--jsonl", help="also write the JSON lines to this file")
     p.add_argument("--report", help="write a Markdown report (and the sweep plot) here")
     p.add_argument("--from-jsonl", help="render --report from an earlier --jsonl, measure nothing")
@@ -240,19 +282,11 @@ def _info(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    import torch
-
     from univid.build import export_model_dir
+    from univid.device import DTYPES
 
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    print(export_model_dir(args.model, args.out, dtype[args.dtype]))
+    print(export_model_dir(args.model, args.out, DTYPES[args.dtype]))
 
-
-# The choices of univid.flow.SOLVERS and univid.speed, spelled out so that building the parser
-# does not import torch (tests check they agree).
-SOLVERS = ("euler", "heun", "midpoint")
-ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math", "naive")
-QUANTIZATION = ("none", "int8-weight", "int8-dynamic")
 
 # Integer options that must be >= 1 when given.
 POSITIVE_OPTIONS = (
@@ -288,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoencoder", default="pixel", help="'pixel' or a local diffusers folder")
     p.add_argument("--text-encoder", default="minilm", help="'minilm' or a local HF folder")
     p.add_argument("--max-length", type=int, default=32, help="caption tokens kept")
-    p.add_argument("--padding", default="longest", choices=["longest", "max_length"])
+    _add_choice(p, "--padding", PADDING, default="longest")
     p.add_argument("--frames", type=int, default=8, help="frames per clip (one bucket)")
     p.add_argument("--height", type=int, default=32)
     p.add_argument("--width", type=int, default=32)
@@ -297,13 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to")
     p.add_argument("--stride", type=int, default=0, help="take every N-th frame instead of --fps")
-    p.add_argument("--resize", default="crop", choices=["crop", "pad"])
+    _add_choice(p, "--resize", RESIZE_MODES, default="crop")
     p.add_argument("--max-source-pixels", type=int, default=8192 * 8192)
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    _add_choice(p, "--dtype", DTYPES, default="float32")
     p.add_argument("--shard-size", type=int, default=64, help="clips per shard file")
     p.add_argument("--batch-size", type=int, default=4, help="clips encoded together")
     p.add_argument("--max-bad-fraction", type=float, default=0.1)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_choice(p, "--device", DEVICES, default="auto")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("generate", help="generate a video from a prompt")
@@ -315,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num", type=int, default=1, help="videos to make (seeds seed..seed+num-1)")
     p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_choice(p, "--device", DEVICES, default="auto")
     _add_speed_options(p)
     p.set_defaults(func=_generate)
 
@@ -327,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=42, help="videos per sampling batch")
     p.add_argument("--out", default="report.json", help="JSON report path")
     p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _add_choice(p, "--device", DEVICES, default="auto")
     _add_speed_options(p)
     p.set_defaults(func=_eval)
 
@@ -352,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a run's EMA weights into a plain model folder")
     p.add_argument("model", help="run folder or model folder")
     p.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    _add_choice(p, "--dtype", DTYPES, default="float32")
     p.set_defaults(func=_export)
     return parser
 

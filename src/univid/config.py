@@ -219,7 +219,8 @@ SECTIONS: dict[str, type] = {
     "parallel": ParallelConfig,
 }
 
-# Allowed values of the string-valued keys.
+# Allowed values of the string-valued keys; the ones that belong to a module of their own are
+# read from it when a config is checked (this module stays free of torch, so the CLI starts fast).
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.backbone": ("encoder", "dit"),
     "model.prediction": ("velocity", "data"),
@@ -228,14 +229,26 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("gelu", "swiglu"),
     "flow.time_sampling": ("logit_normal", "uniform"),
     "data.dataset": ("shapes",),
-    "text.padding": ("longest", "max_length"),
-    "train.precision": ("auto", "fp32", "bf16"),
-    "flow.solver": ("euler", "heun", "midpoint"),
     "train.decay": ("constant", "cosine"),
-    "train.device": ("auto", "cpu", "cuda"),
     "parallel.mode": ("none", "ddp", "fsdp"),
     "parallel.backend": ("auto", "gloo", "nccl"),
 }
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of every string-valued key, including those defined by the solvers,
+    the text encoder and the device module."""
+    from univid.device import DEVICES, PRECISIONS
+    from univid.flow.sampler import SOLVERS
+    from univid.text.encoder import PADDING
+
+    return {
+        **CHOICES,
+        "flow.solver": SOLVERS,
+        "text.padding": PADDING,
+        "train.precision": PRECISIONS,
+        "train.device": DEVICES,
+    }
 
 
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
@@ -264,7 +277,7 @@ def limits(cfg: Config) -> dict[str, tuple[float, float]]:
 
 def validate(cfg: Config) -> None:
     """Range and consistency checks that span fields and sections."""
-    for key, allowed in CHOICES.items():
+    for key, allowed in choices().items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         _check(value in allowed, key, f"allowed: {', '.join(allowed)}", value)

@@ -8,6 +8,8 @@ from univid.errors import InputError
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+"""Storage dtypes of caches and exported weights, by name."""
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -35,11 +35,11 @@ from univid.data import BadSample
 from univid.data.buckets import Bucket, available_frames, bucket_name, choose_bucket
 from univid.data.decode import ClipSpec, probe, read_clip
 from univid.data.sources import SourceItem, list_sources
+from univid.device import DTYPES
 from univid.errors import InputError
 from univid.files import atomic_write, read_json
 
 FORMAT = 1
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)

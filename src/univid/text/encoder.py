@@ -102,15 +102,12 @@ class TextEncoder:
 
     @torch.no_grad()
     def _encode_new(self, captions: list[str]) -> None:
-        tokens = self.tokenizer(
-            captions,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(self.device)
+        tokens = self.tokenizer(captions, padding=True, truncation=True, max_length=self.max_length)
+        # Lengths from the tokenizer's lists: reading them off a device tensor would stall
+        # the training step that encodes new captions until the device caught up.
+        lengths = [sum(mask) for mask in tokens["attention_mask"]]
+        tokens = tokens.convert_to_tensors("pt").to(self.device)
         states = self.model(**tokens).last_hidden_state.float()  # (B, L, D)
-        lengths = tokens["attention_mask"].sum(dim=1).tolist()
         for caption, state, length in zip(captions, states, lengths):
             self._cache[caption] = state[:length].clone()
             if len(self._cache) > self.cache_size:
