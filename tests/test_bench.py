@@ -100,6 +100,7 @@ def test_bad_suite_is_one_line_error(capsys):
         ("sweep_max_gb", 0.0, "bench sweep_max_gb must be > 0"),
         ("suites", ("steps", "nope"), "unknown suite(s) nope: choose from steps, attention"),
         ("suites", (), "no suite chosen"),
+        ("suites", "steps", "bench suites must be a tuple of names"),
         ("device", "tpu", "bench device must be one of auto, cpu, cuda, got 'tpu'"),
         ("vs", "flax", "bench vs must be one of diffusers, got 'flax'"),
         ("from_jsonl", Path("rows.jsonl"), "--from-jsonl needs --report PATH"),

@@ -75,6 +75,10 @@ class BenchSettings:
             raise InputError(f"bench threads must be >= 0 (0 = default), got {self.threads}")
         if not self.sweep_max_gb > 0:
             raise InputError(f"bench sweep_max_gb must be > 0, got {self.sweep_max_gb}")
+        if isinstance(self.suites, str):
+            raise InputError(
+                f"bench suites must be a tuple of names, got the string {self.suites!r}"
+            )
         unknown = sorted(set(self.suites) - set(SUITES))
         if unknown:
             raise InputError(
