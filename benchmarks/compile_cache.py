@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import torch
 
 from univid import speed
-from univid.bench import univid_runner
+from univid.bench.measure import time_once
+from univid.bench.steps import univid_runner
 from univid.config import resolve_config
 
 
@@ -26,11 +26,10 @@ def main() -> None:
     cache = speed.use_compile_cache()
     speed.prepare_blocks(runner.model, checkpointing=False, compile_blocks=True)
     x, t, text = torch.randn(2, 3, 8, 64, 64), torch.rand(2), torch.randn(2, 32, 384)
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        runner.model(x, t, text, None).square().mean().backward()
-        times.append(round(time.perf_counter() - start, 2))
+    times = [
+        round(time_once(lambda: runner.model(x, t, text, None).square().mean().backward())[1], 2)
+        for _ in range(2)
+    ]
     files = sum(len(names) for _, _, names in os.walk(cache))
     row = {"size": size, "cache": str(cache), "files": files, "first_s": times[0]}
     print(json.dumps({**row, "next_s": times[1]}))

@@ -9,42 +9,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 
-import torch
-
+from univid.bench.measure import host, time_stats, timed
 from univid.config import resolve_config
 from univid.pipeline import Pipeline
 from univid.train.loop import Trainer
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def emit(name: str, times: list[float], **extra: object) -> None:
-    row = {
-        "bench": name,
-        "median_s": round(statistics.median(times), 4),
-        "min_s": round(min(times), 4),
-        "repeats": len(times),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        **extra,
-    }
-    print(json.dumps(row), flush=True)
+    stats = {k: round(v, 4) for k, v in time_stats(times).items()}
+    env = host()
+    row = {"threads": env["threads"], "torch": env["torch"], "cpu": env["cpu"], **extra}
+    print(json.dumps({"bench": name, **stats, **row}), flush=True)
 
 
 def main() -> None:
@@ -57,7 +35,7 @@ def main() -> None:
     cfg = resolve_config(args.preset, ["train.device=cpu"])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, run_dir, progress=False)
-        times = timed(trainer.train_step, args.repeats)
+        times = timed(trainer.train_step, args.repeats, warmup=2)
     m, d = cfg.model, cfg.data
     tokens = (d.frames // m.patch[0]) * (d.height // m.patch[1]) * (d.width // m.patch[2])
     emit(
@@ -71,7 +49,9 @@ def main() -> None:
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
     seeds = iter(range(10**9))
-    times = timed(lambda: pipe("a red circle moving right", seed=next(seeds)), args.repeats)
+    times = timed(
+        lambda: pipe("a red circle moving right", seed=next(seeds)), args.repeats, warmup=2
+    )
     emit(
         "generate_one_video",
         times,

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -58,10 +58,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from univid.bench.measure import alternate, time_once
     from univid.config import resolve_config
     from univid.data.buckets import parse_buckets
-    from univid.data.cache import CacheDataset, PrepareSettings, check, config_for_cache, prepare
+    from univid.data.cache import CacheDataset, PrepareSettings, check, prepare
     from univid.train.loop import Trainer
+    from univid.train.run import config_for_cache
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -69,15 +71,13 @@ def main() -> None:
         settings = PrepareSettings(buckets=tuple(parse_buckets(args.bucket)), fps=8.0)
         common = {"clips": args.clips, "source": f"{args.source_size}@{args.source_fps}fps"}
 
-        start = time.perf_counter()
-        total, _, bad = check(root / "src", settings, progress=False)
-        seconds = time.perf_counter() - start
+        (total, _, bad), seconds = time_once(lambda: check(root / "src", settings, progress=False))
         row = {"bench": "check", **common, "bucket": args.bucket, "seconds": seconds}
         print(json.dumps({**row, "clips_per_s": total / seconds, "bad": len(bad)}), flush=True)
 
-        start = time.perf_counter()
-        report = prepare(root / "src", root / "cache", settings, progress=False)
-        seconds = time.perf_counter() - start
+        report, seconds = time_once(
+            lambda: prepare(root / "src", root / "cache", settings, progress=False)
+        )
         row = {"bench": "prepare", **common, "bucket": args.bucket, "seconds": seconds}
         row |= {"autoencoder": "pixel", "text_encoder": "minilm", "bad": len(report.bad)}
         print(json.dumps({**row, "clips_per_s": report.clips / seconds}), flush=True)
@@ -96,15 +96,14 @@ def main() -> None:
         cfg, _ = config_for_cache(cfg, dataset)
         trainer = Trainer(cfg, root / "run", progress=False, dataset=dataset)
         trainer.train_step()  # warm-up
-        load, step = [], []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            trainer.micro_batch(trainer.global_indices(), 0)
-            load.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            trainer.train_step()  # builds the same batch again, then trains on it
-            step.append(time.perf_counter() - start)
-        load_s, step_s = sum(load) / len(load), sum(step) / len(step)
+        times = alternate(
+            {
+                "load": lambda: trainer.micro_batch(trainer.global_indices(), 0),
+                "step": trainer.train_step,  # builds the same batch again, then trains on it
+            },
+            args.steps,
+        )
+        load_s, step_s = statistics.mean(times["load"]), statistics.mean(times["step"])
         print(
             json.dumps(
                 {

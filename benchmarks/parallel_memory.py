@@ -18,20 +18,14 @@ import json
 import resource
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from univid.bench.measure import tensor_mb, timed
 from univid.config import resolve_config
-from univid.parallel import close_distributed, local
+from univid.parallel import close_distributed
 from univid.train.loop import Trainer
-
-MIB = 2**20
-
-
-def nbytes(tensors) -> int:
-    return sum(local(t).numel() * local(t).element_size() for t in tensors if t is not None)
 
 
 def main() -> None:
@@ -46,12 +40,7 @@ def main() -> None:
     cfg = resolve_config(args.preset, [*overrides, "train.device=cpu", *args.overrides])
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(cfg, Path(run_dir), progress=False)
-        trainer.train_step()
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            trainer.train_step()
-            times.append(time.perf_counter() - start)
+        times = timed(trainer.train_step, args.steps, warmup=1)
         params = list(trainer.model.parameters())
         optim = [v for s in trainer.optimizer.state.values() for v in s.values()]
         row = {
@@ -60,10 +49,10 @@ def main() -> None:
             "ranks": trainer.dist.world,
             "global_batch": trainer.global_batch,
             "params_total_m": round(sum(p.numel() for p in params) / 1e6, 2),
-            "weights_mib": round(nbytes(params) / MIB, 1),
-            "grads_mib": round(nbytes(p.grad for p in params) / MIB, 1),
-            "optimizer_mib": round(nbytes(optim) / MIB, 1),
-            "ema_mib": round(nbytes(trainer.ema.parameters()) / MIB, 1),
+            "weights_mib": round(tensor_mb(params), 1),
+            "grads_mib": round(tensor_mb(p.grad for p in params), 1),
+            "optimizer_mib": round(tensor_mb(optim), 1),
+            "ema_mib": round(tensor_mb(trainer.ema.parameters()), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "step_s": round(statistics.median(times), 3),
             "threads": torch.get_num_threads(),

@@ -2,11 +2,18 @@
 sweep shows the naive path's N x N memory, and the report renders."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from univid.cli import main
+import univid.device
+from univid.bench import DEFAULT_SUITES, SUITES, VERSUS, BenchSettings
+from univid.bench.settings import settings_from_options
+from univid.cli import build_parser, main
 from univid.config import resolve_config
+from univid.errors import InputError
 from univid.info import count_flops, describe
 
 SHAPE = ["--frames", "2", "--height", "8", "--width", "8", "--text-len", "3", "--batch", "2"]
@@ -83,3 +90,59 @@ def test_report_has_the_tables_and_the_plot(bench_rows):
 def test_bad_suite_is_one_line_error(capsys):
     assert main(["bench", "--suites", "steps,nope", "--size", "tiny"]) == 2
     assert "unknown suite(s) nope" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("repeats", 0, "bench repeats must be an integer >= 1, got 0"),
+        ("frames", -2, "bench frames must be an integer >= 1, got -2"),
+        ("threads", -1, "bench threads must be >= 0"),
+        ("sweep_max_gb", 0.0, "bench sweep_max_gb must be > 0"),
+        ("suites", ("steps", "nope"), "unknown suite(s) nope: choose from steps, attention"),
+        ("suites", (), "no suite chosen"),
+        ("suites", "steps", "bench suites must be a tuple of names"),
+        ("vs", "flax", "bench vs must be one of diffusers, got 'flax'"),
+        ("from_jsonl", Path("rows.jsonl"), "--from-jsonl needs --report PATH"),
+    ],
+)
+def test_bench_settings_reject_bad_values_in_one_line(field, value, message):
+    with pytest.raises(InputError) as caught:
+        BenchSettings(**{field: value})
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_bench_settings_from_command_line_options():
+    options = {"command": "bench", "suites": "all", "report": "r.md", "overrides": ["a.b=1"]}
+    settings = settings_from_options(options, command_line="univid bench --suites all")
+    assert settings.suites == SUITES and settings.report == Path("r.md")
+    assert settings.overrides == ("a.b=1",) and settings.jsonl is None
+    assert settings_from_options({"suites": "steps, sweep"}, "").suites == ("steps", "sweep")
+
+
+def test_cli_bench_prints_rows(capsys):
+    argv = ["bench", "--size", "tiny", "--suites", "sweep", "--sweep-max-tokens", "256"]
+    assert main([*argv, "--repeats", "1", "--warmup", "1", "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["bench"] == "environment" and rows[0]["size"] == "tiny"
+    sweep = [r for r in rows if r["bench"] == "sweep"]
+    assert {r["attention"] for r in sweep} == {"auto", "naive"}
+    assert all(r["median_s"] > 0 and r["tokens"] == 257 for r in sweep)
+
+
+def test_cli_parser_takes_the_bench_choices_without_torch():
+    code = (
+        "import sys; from univid.cli import build_parser; build_parser(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    actions = {a.dest: a for a in _bench_parser()._actions}
+    assert tuple(actions["device"].choices) == univid.device.DEVICES
+    assert tuple(actions["vs"].choices) == VERSUS
+    assert actions["suites"].default == ",".join(DEFAULT_SUITES)
+
+
+def _bench_parser():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices["bench"]

@@ -212,33 +212,47 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from univid.bench import run_bench
+    from univid.bench.settings import settings_from_options
 
-    return run_bench(args)
+    settings = settings_from_options(vars(args), command_line="univid " + " ".join(args.argv))
+    return run_bench(settings)
 
 
 def _add_bench_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", default="S", help="preset whose model is measured (tiny, S, B, L, XL)")
+    from univid.bench.settings import SUITES, VERSUS, BenchSettings  # no torch
+
+    d = BenchSettings()
+    p.add_argument(
+        "--size", default=d.size, help="preset whose model is measured (tiny, S, B, L, XL)"
+    )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the preset")
-    p.add_argument("--batch", type=int, default=2, help="videos per step")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--height", type=int, default=64)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--text-len", type=int, default=32, help="caption tokens (all real)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (>= 1)")
+    p.add_argument("--batch", type=int, default=d.batch, help="videos per step")
+    p.add_argument("--frames", type=int, default=d.frames)
+    p.add_argument("--height", type=int, default=d.height)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--text-len", type=int, default=d.text_len, help="caption tokens (all real)")
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per measurement")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first (>= 1)")
     p.add_argument(
         "--suites",
-        default="steps,attention,precision,compile",
-        help="comma-separated, or 'all': steps, attention, precision, checkpointing, quant, "
-        "compile, sweep",
+        default=",".join(d.suites),
+        help=f"comma-separated, or 'all': {', '.join(SUITES)}",
     )
-    p.add_argument("--vs", choices=["diffusers"], help="also time diffusers' CogVideoX transformer")
+    p.add_argument("--vs", choices=VERSUS, help="also time diffusers' CogVideoX transformer")
     p.add_argument("--vs-compile", action="store_true", help="also compare both compiled")
-    p.add_argument("--sweep-depth", type=int, default=2, help="blocks of the token-sweep model")
-    p.add_argument("--sweep-max-tokens", type=int, default=16384, help="largest sweep size")
-    p.add_argument("--sweep-max-gb", type=float, default=12.0, help="skip naive sweeps above")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
-    _add_choice(p, "--device", DEVICES, default="auto")
+    p.add_argument(
+        "--sweep-depth", type=int, default=d.sweep_depth, help="blocks of the token-sweep model"
+    )
+    p.add_argument(
+        "--sweep-max-tokens", type=int, default=d.sweep_max_tokens, help="largest sweep size"
+    )
+    p.add_argument(
+        "--sweep-max-gb", type=float, default=d.sweep_max_gb, help="skip naive sweeps above"
+    )
+    p.add_argument(
+        "--threads", type=int, default=d.threads, help="CPU threads (0 = torch's default)"
+    )
+    _add_choice(p, "--device", DEVICES, default=d.device)
     p.add_argument("--jsonl", help="also write the JSON lines to this file")
     p.add_argument("--report", help="write a Markdown report (and the sweep plot) here")
     p.add_argument("--from-jsonl", help="render --report from an earlier --jsonl, measure nothing")
