@@ -166,20 +166,9 @@ def prepare(
     items = list_sources(src)
     if not items:
         raise InputError(f"{src} has no videos, images or table rows")
-    recorded = {**settings.recorded(), "items": len(items), "fingerprint": _fingerprint(items)}
-    out.mkdir(parents=True, exist_ok=True)
-    settings_path = out / "settings.json"
-    if settings_path.is_file():
-        before = read_json(settings_path)
-        changed = [k for k in recorded if before.get(k) != recorded[k]]
-        if changed:
-            raise InputError(
-                f"{out} holds a cache made with other settings or sources (differs in "
-                f"{', '.join(changed)}); use a new --out, or the same options to resume it"
-            )
-    else:
-        _write_json(settings_path, recorded)
-
+    _claim_folder(
+        out, {**settings.recorded(), "items": len(items), "fingerprint": _fingerprint(items)}
+    )
     autoencoder = load_autoencoder(settings.autoencoder, device=device)
     for bucket in settings.buckets:
         autoencoder.check_shape(*bucket)
@@ -192,35 +181,7 @@ def prepare(
     _atomic_write(out / "null.safetensors", save({"text": null.to(dtype).cpu().contiguous()}))
 
     report = PrepareReport(cache=out)
-    shards = [items[i : i + settings.shard_size] for i in range(0, len(items), settings.shard_size)]
-    allowed_bad = settings.max_bad_fraction * len(items)
-    bar = tqdm(total=len(items), desc="prepare", unit="clip", disable=not progress)
-    entries: list[dict[str, Any]] = []
-    for number, shard in enumerate(shards):
-        name = f"shard_{number:05d}"
-        meta_path = out / f"{name}.json"
-        if meta_path.is_file():
-            meta = read_json(meta_path)
-            report.shards_reused += 1
-        else:
-            meta = _encode_shard(shard, settings, autoencoder, text, dtype, out / name)
-            _write_json(meta_path, meta)
-            report.shards_written += 1
-        for clip in meta["clips"]:
-            entries.append({**clip, "shard": f"{name}.safetensors"})
-        report.bad += [(b["key"], b["reason"]) for b in meta["bad"]]
-        bar.update(len(shard))
-        bar.set_postfix(bad=len(report.bad))
-        if len(report.bad) > allowed_bad:
-            bar.close()
-            _write_bad_log(out, report.bad)
-            raise InputError(
-                f"{len(report.bad)} of {len(items)} clips are bad, more than "
-                f"max_bad_fraction={settings.max_bad_fraction}; reasons in {out / 'bad.log'} "
-                "(finished shards are kept: rerun the same command to resume)"
-            )
-    bar.close()
-    _write_bad_log(out, report.bad)
+    entries = _encode_all(items, out, settings, autoencoder, text, report, progress)
     counts: dict[str, int] = defaultdict(int)
     latent_of: dict[str, list[int]] = {}
     for entry in entries:
@@ -242,6 +203,63 @@ def prepare(
     report.clips, report.buckets = len(entries), dict(counts)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _claim_folder(out: Path, recorded: dict[str, Any]) -> None:
+    """Record how the cache in ``out`` is made, or check a rerun makes it the same way."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings_path = out / "settings.json"
+    if not settings_path.is_file():
+        _write_json(settings_path, recorded)
+        return
+    before = read_json(settings_path)
+    changed = [k for k in recorded if before.get(k) != recorded[k]]
+    if changed:
+        raise InputError(
+            f"{out} holds a cache made with other settings or sources (differs in "
+            f"{', '.join(changed)}); use a new --out, or the same options to resume it"
+        )
+
+
+def _encode_all(
+    items: list[SourceItem],
+    out: Path,
+    settings: PrepareSettings,
+    autoencoder: Any,
+    text: Any,
+    report: PrepareReport,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Encode (or reuse) every shard; returns the index entries of the usable clips."""
+    dtype = DTYPES[settings.dtype]
+    shards = [items[i : i + settings.shard_size] for i in range(0, len(items), settings.shard_size)]
+    allowed_bad = settings.max_bad_fraction * len(items)
+    entries: list[dict[str, Any]] = []
+    with tqdm(total=len(items), desc="prepare", unit="clip", disable=not progress) as bar:
+        for number, shard in enumerate(shards):
+            name = f"shard_{number:05d}"
+            meta_path = out / f"{name}.json"
+            if meta_path.is_file():
+                meta = read_json(meta_path)
+                report.shards_reused += 1
+            else:
+                meta = _encode_shard(shard, settings, autoencoder, text, dtype, out / name)
+                _write_json(meta_path, meta)
+                report.shards_written += 1
+            entries += [{**clip, "shard": f"{name}.safetensors"} for clip in meta["clips"]]
+            report.bad += [(b["key"], b["reason"]) for b in meta["bad"]]
+            bar.update(len(shard))
+            bar.set_postfix(bad=len(report.bad))
+            if len(report.bad) > allowed_bad:
+                _write_bad_log(out, report.bad)
+                raise InputError(
+                    f"{len(report.bad)} of {len(items)} clips are bad, more than "
+                    f"max_bad_fraction={settings.max_bad_fraction}; reasons in "
+                    f"{out / 'bad.log'} (finished shards are kept: rerun the same command to "
+                    "resume)"
+                )
+    _write_bad_log(out, report.bad)
+    return entries
 
 
 def _write_bad_log(out: Path, bad: list[tuple[str, str]]) -> None:
