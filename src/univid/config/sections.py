@@ -136,7 +136,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of the model init, the data stream and the noise."""
     log_every: int = 25
-    """Steps between metric rows (the only host syncs of the loop)."""
+    """Steps between metric rows; the loop reads loss, gradient norm and the guards' flags from
+    the device only at these rows, checkpoints, samples and validations."""
     sample_every: int = 500
     """Steps between sample GIFs; 0 disables them."""
     ckpt_every: int = 500
@@ -149,7 +150,7 @@ class TrainConfig:
     """Checkpoints kept on disk; older ones are deleted after a new one is complete."""
     max_nonfinite: int = 5
     """Consecutive steps with a NaN/inf loss or gradient (each skipped, no update) before the run
-    stops; 0 turns the guard off (and saves its one host sync per step)."""
+    stops; 0 turns the guard off (and saves its per-step copy of the weights and Adam moments)."""
     spike_factor: float = 10.0
     """Log a gradient-norm spike above this multiple of the norm's running mean; 0 = off."""
     threads: int = 0
