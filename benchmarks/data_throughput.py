@@ -62,8 +62,8 @@ def main() -> None:
     from univid.config import resolve_config
     from univid.data.buckets import parse_buckets
     from univid.data.cache import CacheDataset, PrepareSettings, check, prepare
+    from univid.train.batches import config_for_cache
     from univid.train.loop import Trainer
-    from univid.train.run import config_for_cache
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from univid.config import Config
 from univid.data.cache import CacheDataset
-from univid.data.shapes import ShapesWorld, canonical_prompt
+from univid.data.shapes import canonical_prompt
 from univid.device import autocast, autocast_dtype
 from univid.errors import ConfigError, InputError
 from univid.eval.validation import ValidationSet
@@ -30,7 +30,7 @@ from univid.flow import flow_loss_per_sample
 from univid.parallel import init_distributed, parallelize, unwrap
 from univid.pipeline import Pipeline
 from univid.text import TextEncoder
-from univid.train.batches import BatchPlan, GlobalBatch, MicroBatch, Prefetcher
+from univid.train.batches import BatchPlan, GlobalBatch, MicroBatch, Prefetcher, open_dataset
 from univid.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from univid.train.guards import Pending, UpdateGuard, check_bad_fraction
 from univid.train.metrics import MetricsLogger, append_log, trim_metrics
@@ -50,14 +50,15 @@ SAMPLE_PROMPTS = [
 class Trainer:
     """Holds the run's state; :meth:`run` trains to ``cfg.train.steps``.
 
-    ``dataset`` (default: the shapes world of the config) is described in
-    :class:`univid.train.batches.BatchPlan`; a cache's config comes from
-    :func:`univid.train.run.open_training_data`."""
+    ``dataset`` (default: ``data.cache``, else the config's shapes world; see
+    :func:`univid.train.batches.open_dataset`) is described in
+    :class:`univid.train.batches.BatchPlan`. ``self.cfg`` is ``cfg`` with what a cache
+    decides filled in."""
 
     def __init__(
         self, cfg: Config, run_dir: Path, progress: bool = True, dataset: Any = None
     ) -> None:
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.run_dir = Path(run_dir)
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -66,13 +67,10 @@ class Trainer:
         self.device = self.dist.device
         self.amp = autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)
-        if dataset is None and cfg.data.cache:
-            dataset = CacheDataset(cfg.data.cache)
-        self.dataset = (
-            dataset
-            if dataset is not None
-            else ShapesWorld(cfg.data.frames, cfg.data.height, cfg.data.width, seed=t.seed)
-        )
+        self.cfg, self.dataset, note = open_dataset(cfg, dataset)
+        cfg = self.cfg
+        if note and self.progress:
+            print(f"univid: {note}", file=sys.stderr)
         self.cached = isinstance(self.dataset, CacheDataset)
         self._text: TextEncoder | None = None
         if self.cached and self.dataset.text_dim != cfg.model.text_dim:
