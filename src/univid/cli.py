@@ -309,27 +309,7 @@ POSITIVE_OPTIONS = (
 ).split()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a model (preset or config file + key=value overrides)")
-    p.add_argument("config", nargs="?", help="preset name (shapes-tiny, tiny) or .json/.yaml")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    p.add_argument("--out", help="run folder (checkpoints, metrics.csv, samples/)")
-    p.add_argument(
-        "--resume",
-        metavar="DIR|latest",
-        help="continue the run in DIR from its newest complete checkpoint; 'latest' continues "
-        "--out DIR if it has one and starts it from CONFIG_OR_PRESET otherwise",
-    )
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser(
-        "prepare",
-        help="encode a folder or table of videos into a training cache (latents + text states)",
-    )
+def _add_prepare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="folder of videos/images with .txt captions, or a .csv/.jsonl table")
     p.add_argument("--out", help="cache folder (rerun the same command to resume)")
     p.add_argument("--check", action="store_true", help="only list unusable clips and why")
@@ -352,6 +332,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="clips encoded together")
     p.add_argument("--max-bad-fraction", type=float, default=0.1)
     _add_choice(p, "--device", DEVICES, default="auto")
+
+
+def _add_info_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="shapes-tiny", help="preset (tiny, S, B, L, XL, ...), config or folder"
+    )
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--frames", type=int, help="video frames (default: the config's)")
+    p.add_argument("--height", type=int, help="video height (default: the config's)")
+    p.add_argument("--width", type=int, help="video width (default: the config's)")
+    p.add_argument("--text-len", type=int, help="text tokens (default: text.max_length)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (preset or config file + key=value overrides)")
+    p.add_argument("config", nargs="?", help="preset name (shapes-tiny, tiny) or .json/.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--out", help="run folder (checkpoints, metrics.csv, samples/)")
+    p.add_argument(
+        "--resume",
+        metavar="DIR|latest",
+        help="continue the run in DIR from its newest complete checkpoint; 'latest' continues "
+        "--out DIR if it has one and starts it from CONFIG_OR_PRESET otherwise",
+    )
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "prepare",
+        help="encode a folder or table of videos into a training cache (latents + text states)",
+    )
+    _add_prepare_options(p)
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("generate", help="generate a video from a prompt")
@@ -386,15 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("info", help="parameters and FLOPs of a model (counted, and closed form)")
-    p.add_argument(
-        "--model", default="shapes-tiny", help="preset (tiny, S, B, L, XL, ...), config or folder"
-    )
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    p.add_argument("--frames", type=int, help="video frames (default: the config's)")
-    p.add_argument("--height", type=int, help="video height (default: the config's)")
-    p.add_argument("--width", type=int, help="video width (default: the config's)")
-    p.add_argument("--text-len", type=int, help="text tokens (default: text.max_length)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_info_options(p)
     p.set_defaults(func=_info)
 
     p = sub.add_parser("export", help="copy a run's EMA weights into a plain model folder")

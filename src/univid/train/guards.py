@@ -15,7 +15,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +88,18 @@ class UpdateGuard:
         if max_nonfinite:
             init_optimizer_state(optimizer)
 
-    @property
-    def active(self) -> bool:
-        return bool(self.max_nonfinite)
+    @contextlib.contextmanager
+    def protect(self, loss_share: torch.Tensor, grad_norm: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Around an optimizer update: yields ``ok``, a () bool on the device (every rank's
+        loss and the global gradient norm are finite; always true with the guard off), and
+        puts back what the update wrote where it is false."""
+        if not self.max_nonfinite:
+            yield torch.ones((), dtype=torch.bool, device=grad_norm.device)
+            return
+        ok = self.finite(loss_share, grad_norm)
+        self.before_update()
+        yield ok
+        self.after_update(ok)
 
     def _tensors(self) -> list[torch.Tensor]:
         """What an update writes: weights and Adam's two moments (local shards)."""

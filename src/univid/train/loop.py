@@ -164,21 +164,14 @@ class Trainer:
             return
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.backward(batch.micro, valid)
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        ok = self.guard.finite(loss, grad_norm) if self.guard.active else None
-        if ok is not None:
-            self.guard.before_update()
-        self.optimizer.step()
-        self.scheduler.step()
-        if ok is not None:
-            self.guard.after_update(ok)
+        grad_norm = self.clip_gradients()
+        with self.guard.protect(loss, grad_norm) as ok:  # ok: () bool, stays on the device
+            self.optimizer.step()
+            self.scheduler.step()
         decay = min(t.ema_decay, self.step / (9 + self.step))
-        ema_update(self.ema, self.model, 1 - decay if ok is None else (1 - decay) * ok)
-        ok = torch.ones((), dtype=torch.bool, device=self.device) if ok is None else ok
-        self.guard.record(Pending(ok, loss, grad_norm.detach(), batch.indices))
-        self.sums += torch.where(ok, torch.stack([loss, grad_norm.detach()]), 0.0)
+        ema_update(self.ema, self.model, (1 - decay) * ok)
+        self.guard.record(Pending(ok, loss, grad_norm, batch.indices))
+        self.sums += torch.where(ok, torch.stack([loss, grad_norm]), 0.0)
 
     def next_batch(self) -> GlobalBatch:
         """The next global batch from the background builder (started on first use)."""
@@ -209,6 +202,12 @@ class Trainer:
                 (weighted * (self.dist.world / valid)).backward()
                 total += weighted.detach() / valid
         return total
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip the global gradient norm to ``train.grad_clip``; returns the norm before."""
+        clip = self.cfg.train.grad_clip or float("inf")
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).detach()
 
     def per_sample_loss(self, batch: MicroBatch) -> torch.Tensor:
         """Rectified-flow loss of each sample of ``batch`` (forward only), shape (B,)."""
