@@ -119,7 +119,7 @@ def test_a_nonfinite_step_is_skipped_whole_counted_and_logged(tmp_path):
     assert "step 3: non-finite" in (tmp_path / "anomalies.log").read_text()
     assert "batch indices [8, 9, 10, 11]" in (tmp_path / "anomalies.log").read_text()
     assert trainer.train_step() is not None and trainer.step == 3  # the data moved on
-    assert state_hash(trainer) != before and trainer.nonfinite_run == 0
+    assert state_hash(trainer) != before and trainer.guard.nonfinite_run == 0
 
 
 def test_k_nonfinite_steps_in_a_row_stop_the_run_with_its_checkpoints_intact(tmp_path):

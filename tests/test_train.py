@@ -138,4 +138,4 @@ def test_steps_between_log_intervals_read_nothing_from_the_device(tmp_path, monk
     assert reads == []
     trainer.settle()  # the logging interval: now the flags are read, once
     assert len(reads) == 1 and reads[0].startswith("tolist")
-    assert trainer.step == 6 and trainer.updates == 6
+    assert trainer.step == 6 and trainer.interval.updates == 6

@@ -11,7 +11,6 @@ next host event (a metrics row, checkpoint, sample or validation), when
 from __future__ import annotations
 
 import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,19 @@ from tqdm.auto import tqdm
 
 from univid.config import Config
 from univid.data.cache import CacheDataset
-from univid.data.shapes import canonical_prompt
 from univid.device import autocast, autocast_dtype
 from univid.errors import ConfigError, InputError
-from univid.eval.validation import ValidationSet
 from univid.flow import flow_loss_per_sample
 from univid.parallel import init_distributed, parallelize, unwrap
-from univid.pipeline import Pipeline
 from univid.text import TextEncoder
 from univid.train.batches import BatchPlan, GlobalBatch, MicroBatch, Prefetcher, open_dataset
 from univid.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from univid.train.guards import Pending, UpdateGuard, check_bad_fraction
-from univid.train.metrics import MetricsLogger, append_log, trim_metrics
+from univid.train.metrics import Interval, append_log, start_run
 from univid.train.optim import ema_update, lr_factor, make_optimizer, rewind
-from univid.video import save_video, tile
+from univid.train.previews import Previews
 
 __all__ = ["Trainer", "lr_factor"]
-
-SAMPLE_PROMPTS = [
-    canonical_prompt("red", "circle", "right"),
-    canonical_prompt("green", "square", "up"),
-    canonical_prompt("blue", "triangle", "left"),
-    canonical_prompt("yellow", "circle", "down"),
-]
 
 
 class Trainer:
@@ -71,14 +60,14 @@ class Trainer:
         cfg = self.cfg
         if note and self.progress:
             print(f"univid: {note}", file=sys.stderr)
-        self.cached = isinstance(self.dataset, CacheDataset)
+        cached = isinstance(self.dataset, CacheDataset)
         self._text: TextEncoder | None = None
-        if self.cached and self.dataset.text_dim != cfg.model.text_dim:
+        if cached and self.dataset.text_dim != cfg.model.text_dim:
             raise ConfigError(
                 f"model.text_dim={cfg.model.text_dim} does not match the cache's text states "
                 f"(width {self.dataset.text_dim})"
             )
-        if not self.cached:
+        if not cached:
             _ = self.text  # load it now: a mismatch should fail before any training
         self.model, self.ema = parallelize(cfg, self.dist, self.amp)
         self.net = unwrap(self.model)
@@ -89,21 +78,12 @@ class Trainer:
         self.plan = BatchPlan(cfg, self.dist, self.dataset)
         self.global_batch = self.plan.global_batch
         self.batches: Prefetcher | None = None  # started at the first step
-        self.val: ValidationSet | None = None  # built at the first validation
-        self.pipe: Pipeline | None = None  # built at the first sample video
-        # Sample videos show fixed prompts: the shapes world's, or a cache's first captions.
-        self.sample_clips = list(range(min(4, len(self.dataset)))) if self.cached else []
-        self.sample_prompts = (
-            [self.dataset.clips[i]["caption"] for i in self.sample_clips]
-            if self.cached
-            else SAMPLE_PROMPTS
-        )
+        self.previews = Previews(cfg, self.dist, self.dataset, lambda: self.text)
         self.step = 0  # optimizer steps taken (ahead by the skipped updates not yet read back)
         self.batches_seen = 0  # global batches consumed (updates + skipped steps)
         self.samples_seen = 0  # stream positions consumed
         self.skipped = 0  # samples skipped as bad, over all ranks
-        self.sums = torch.zeros(2, device=self.device)  # loss, grad norm since the last row
-        self.updates = 0  # finite updates since the last row (known after a read)
+        self.interval = Interval(self.device)  # loss and grad norm since the last row
 
     @property
     def text(self) -> TextEncoder:
@@ -121,10 +101,6 @@ class Trainer:
     @property
     def nonfinite(self) -> int:
         return self.guard.nonfinite
-
-    @property
-    def nonfinite_run(self) -> int:
-        return self.guard.nonfinite_run
 
     def resume(self) -> Path:
         """Continue from the newest complete checkpoint of the run folder."""
@@ -147,8 +123,7 @@ class Trainer:
         given back when the flags are next read (:meth:`settle`)."""
         t = self.cfg.train
         self.model.train()
-        batch = self.next_batch()
-        valid = self.usable(batch)
+        batch, valid = self.next_batch()
         self.skipped += batch.size - valid
         self.samples_seen, self.batches_seen = batch.samples_seen, batch.batches_seen
         check_bad_fraction(
@@ -171,24 +146,21 @@ class Trainer:
         decay = min(t.ema_decay, self.step / (9 + self.step))
         ema_update(self.ema, self.model, (1 - decay) * ok)
         self.guard.record(Pending(ok, loss, grad_norm, batch.indices))
-        self.sums += torch.where(ok, torch.stack([loss, grad_norm]), 0.0)
+        self.interval.add(ok, loss, grad_norm)
 
-    def next_batch(self) -> GlobalBatch:
-        """The next global batch from the background builder (started on first use)."""
+    def next_batch(self) -> tuple[GlobalBatch, int]:
+        """The next global batch from the background builder (started on first use) and its
+        usable samples over all ranks: host arithmetic on one rank; under torchrun one small
+        collective, since every rank must take the same path."""
         if self.batches is None:
             self.batches = Prefetcher(self.plan, self.samples_seen, self.batches_seen)
         batch = next(self.batches)
         prefix = f"step {self.step + 1} rank {self.dist.rank}"
         lines = [f"{prefix} index {i}: {why}" for i, why in batch.skipped]
         append_log(self.run_dir, "skipped.log", lines)
-        return batch
-
-    def usable(self, batch: GlobalBatch) -> int:
-        """Usable samples of the global batch: host arithmetic on one rank; summed over ranks
-        (one small collective) under torchrun, where every rank must take the same path."""
         if self.dist.world == 1:
-            return batch.usable
-        return int(self.dist.sum(torch.tensor(float(batch.usable))).item())
+            return batch, batch.usable
+        return batch, int(self.dist.sum(torch.tensor(float(batch.usable))).item())
 
     def backward(self, micro: list[MicroBatch], valid: int) -> torch.Tensor:
         """Forward and backward of every micro-batch; returns this rank's share of the mean
@@ -236,7 +208,7 @@ class Trainer:
         settled = self.guard.read(self.step)
         self.step = settled.step
         rewind(self.scheduler, advanced - settled.step)
-        self.updates += settled.updates
+        self.interval.updates += settled.updates
         if settled.abort:
             raise settled.abort
 
@@ -262,9 +234,10 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train to the configured number of steps; returns the last metrics row."""
         t, d = self.cfg.train, self.dist
-        logger = self._start_run() if d.main else None
+        logger = start_run(self.run_dir, self.cfg.to_json(), self.step) if d.main else None
+        if self.progress:
+            print(f"univid: {self.plan.describe()}", file=sys.stderr)
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress)
-        start = last = time.perf_counter()
         handled, row = self.step, {}
         try:
             while self.step < t.steps:
@@ -276,14 +249,13 @@ class Trainer:
                 if self.due() and self.step > handled and not self.guard.pending:
                     handled = self.step
                     if self.step % t.log_every == 0 or self.step == t.steps or self._validate():
-                        row = self._log_row(last, start)
+                        row = self.metrics_row()
                         if logger is not None:
                             logger.log(row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}")
-                        last = time.perf_counter()
                     crash_point("step", self.step)
                     if t.sample_every and self.step % t.sample_every == 0:
-                        self.write_samples()
+                        self.previews.write_samples(self.ema, self.run_dir, self.step)
                     if self.step % t.ckpt_every == 0 or self.step == t.steps:
                         self.save()
                 else:
@@ -313,54 +285,19 @@ class Trainer:
         v, s = self.cfg.train.val_every, self.step
         return bool(v) and (s % v == 0 or s == self.cfg.train.steps)
 
-    def _start_run(self) -> MetricsLogger:
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(self.cfg.to_json(), encoding="utf-8")
-            trim_metrics(self.run_dir / "metrics.csv", self.step)
-        except OSError as exc:
-            raise InputError(
-                f"cannot write the run folder {self.run_dir}: {exc.strerror}"
-            ) from None
-        if self.progress:
-            print(f"univid: {self.plan.describe()}", file=sys.stderr)
-        return MetricsLogger(self.run_dir)
-
-    def _log_row(self, last: float, start: float) -> dict[str, float]:
+    def metrics_row(self) -> dict[str, float]:
         """The metrics row of the steps since the last one (validation losses when due)."""
-        count, now = self.updates, time.perf_counter()
-        means = self.sums / max(count, 1)
-        means[0] = self.dist.sum(means[0])  # each rank holds its share of the mean loss
-        loss, gnorm = means.tolist()
-        self.sums.zero_()
-        self.updates = 0
-        row = {
-            "step": self.step,
-            "loss": loss if count else float("nan"),
-            "grad_norm": gnorm if count else float("nan"),
-            "lr": self.scheduler.get_last_lr()[0],
-            "steps_per_s": count / (now - last),
-            "elapsed_s": now - start,
-            "samples": self.samples_seen,
-            "skipped": self.skipped,
-            "nonfinite": self.nonfinite,
-        }
+        row = self.interval.row(
+            self.dist,
+            step=self.step,
+            lr=self.scheduler.get_last_lr()[0],
+            samples=self.samples_seen,
+            skipped=self.skipped,
+            nonfinite=self.nonfinite,
+        )
         if self._validate() and (self.dist.main or self.dist.mode == "fsdp"):
-            row.update(self.validation_losses())  # fsdp: the forward is collective
+            row.update(self.previews.validation_losses(self.net, self.ema, self.amp))
         return row
-
-    def validation_losses(self) -> dict[str, float]:
-        """Fixed validation loss of the trained weights and of their EMA."""
-        if self.val is None:
-            if self.cached:
-                self.val = ValidationSet.from_cache(self.dataset, self.cfg.train.val_clips)
-            else:
-                self.val = ValidationSet(self.cfg, self.text)
-        # FSDP's bf16 policy gathers the trained weights in bf16, so they need autocast; the
-        # other modes (and every EMA) validate in fp32.
-        with autocast(self.device, self.amp, enabled=self.dist.mode == "fsdp"):
-            trained = self.val.loss(self.net)["val_loss"]
-        return {"val_loss": trained, "val_loss_ema": self.val.loss(self.ema)["val_loss"]}
 
     def save(self) -> Path:
         state = {
@@ -383,22 +320,3 @@ class Trainer:
             self.cfg.to_json(),
             self.cfg.train.keep_last,
         )
-
-    def write_samples(self) -> Path | None:
-        """A GIF of the EMA model's videos for a few fixed prompts, side by side (rank 0)."""
-        if not (self.dist.main or self.dist.mode == "fsdp"):
-            return None
-        if self.pipe is None:
-            text = (
-                self.dataset.text_encoder(self.sample_clips, self.device)
-                if self.cached
-                else self.text
-            )
-            self.pipe = Pipeline(self.ema, text, self.cfg)
-        prompts = self.sample_prompts
-        videos = self.pipe.generate(prompts, list(range(len(prompts))))
-        if not self.dist.main:
-            return None
-        path = self.run_dir / "samples" / f"step_{self.step:08d}.gif"
-        path.parent.mkdir(exist_ok=True)
-        return save_video(tile(videos), path, fps=self.cfg.data.fps, scale=4)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
+from typing import Any
 
+import torch
+
+from univid.errors import InputError
 from univid.files import atomic_write
 
 METRICS = [
@@ -86,3 +91,47 @@ class MetricsLogger:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def start_run(run_dir: Path, config_json: str, step: int) -> MetricsLogger:
+    """Write the run's config, drop metrics rows a crashed attempt logged past ``step``, and
+    open metrics.csv for appending."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(config_json, encoding="utf-8")
+        trim_metrics(run_dir / "metrics.csv", step)
+    except OSError as exc:
+        raise InputError(f"cannot write the run folder {run_dir}: {exc.strerror}") from None
+    return MetricsLogger(run_dir)
+
+
+class Interval:
+    """Loss and gradient norm summed on the device between metrics rows (read once per row)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(2, device=device)  # loss, grad norm of the finite updates
+        self.updates = 0  # finite updates, counted when the guard's flags are read
+        self.start = self.last = time.perf_counter()
+
+    def add(self, ok: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.sums += torch.where(ok, torch.stack([loss, grad_norm]), 0.0)
+
+    def row(self, dist: Any, **counters: float) -> dict[str, float]:
+        """The means since the last row (this rank's loss shares summed over ranks), the speed,
+        and ``counters``; starts the next interval."""
+        count, now = self.updates, time.perf_counter()
+        means = self.sums / max(count, 1)
+        means[0] = dist.sum(means[0])  # each rank holds its share of the mean loss
+        loss, gnorm = means.tolist()
+        row = {
+            "step": counters.pop("step"),
+            "loss": loss if count else float("nan"),
+            "grad_norm": gnorm if count else float("nan"),
+            "lr": counters.pop("lr"),
+            "steps_per_s": count / (now - self.last),
+            "elapsed_s": now - self.start,
+            **counters,
+        }
+        self.sums.zero_()
+        self.updates, self.last = 0, now
+        return row
