@@ -110,10 +110,13 @@ def test_compiled_and_checkpointed_blocks_train_like_eager_ones(tmp_path):
         torch.testing.assert_close(pe, pf, rtol=1e-4, atol=1e-6)
 
 
-def test_steps_between_log_intervals_read_nothing_from_the_device(tmp_path, monkeypatch):
+@pytest.mark.parametrize("prefetch", ["auto", "thread"])
+def test_steps_between_log_intervals_read_nothing_from_the_device(tmp_path, monkeypatch, prefetch):
     """At default guard settings (non-finite guard and spike watch on) a step makes no host
     sync: no tensor is read from univid's code until the flags are read at a host event."""
-    cfg = resolve_config("tiny", ["train.device=cpu", "train.val_every=0"])
+    cfg = resolve_config(
+        "tiny", ["train.device=cpu", "train.val_every=0", f"data.prefetch={prefetch}"]
+    )
     assert cfg.train.max_nonfinite and cfg.train.spike_factor  # the defaults: guards on
     trainer = Trainer(cfg, tmp_path, progress=False)
     trainer.update()  # the first step builds the optimizer state and starts the prefetcher
@@ -139,3 +142,15 @@ def test_steps_between_log_intervals_read_nothing_from_the_device(tmp_path, monk
     trainer.settle()  # the logging interval: now the flags are read, once
     assert len(reads) == 1 and reads[0].startswith("tolist")
     assert trainer.step == 6 and trainer.interval.updates == 6
+
+
+def test_batches_built_ahead_on_a_thread_train_exactly_like_batches_built_in_the_step(tmp_path):
+    runs = {}
+    for prefetch in ("off", "thread"):
+        cfg = resolve_config("tiny", ["train.device=cpu", f"data.prefetch={prefetch}"])
+        trainer = Trainer(cfg, tmp_path / prefetch, progress=False)
+        assert trainer.batches is None  # started at the first step
+        runs[prefetch] = [trainer.train_step()[0].item() for _ in range(4)]
+        assert (trainer.batches.thread is not None) == (prefetch == "thread")
+        trainer.close()
+    assert runs["off"] == runs["thread"]

@@ -106,6 +106,10 @@ class DataConfig:
     max_bad_fraction: float = 0.1
     """Bad samples (skipped and logged) tolerated before training stops; judged once 10 global
     batches were read (`univid prepare` has its own --max-bad-fraction)."""
+    prefetch: str = "auto"
+    """Where batches are built: 'thread' (ahead of the step, on a background thread), 'off' (in
+    the step), or 'auto' (ahead when training on CUDA, in the step on a CPU, whose cores the
+    step already uses)."""
     tokens_per_batch: int = 0
     """Bucketed caches: per-bucket batch = this // video tokens of a clip (at least 1), so
     every batch has about the same tokens; 0 uses train.batch_size for every bucket."""
@@ -220,6 +224,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mlp": ("gelu", "swiglu"),
     "flow.time_sampling": ("logit_normal", "uniform"),
     "data.dataset": ("shapes",),
+    "data.prefetch": ("auto", "thread", "off"),
     "train.decay": ("constant", "cosine"),
     "parallel.mode": ("none", "ddp", "fsdp"),
     "parallel.backend": ("auto", "gloo", "nccl"),

@@ -260,36 +260,41 @@ def open_dataset(cfg: Config, dataset: Any = None) -> tuple[Config, Any, str | N
     return cfg, dataset, None
 
 
-class Prefetcher:
-    """Builds the next ``depth`` global batches on a background thread, in stream order.
-
-    Batch assembly is Python and numpy work (decoding, rendering, random draws); run ahead, it
-    overlaps with the step's compute. An exception in the thread reaches the consumer at the
-    batch it belongs to."""
+class Batches:
+    """The global batches from a stream position on, in stream order: built in the step
+    (``ahead=False``) or ahead on a background thread (``ahead=True``), which overlaps batch
+    assembly (decoding, rendering, random draws) with a step that leaves the host idle, as on
+    a GPU. On a CPU the step already uses every core, and building ahead measured slower (the
+    thread competes for the cores and the GIL). Either way each batch holds the same samples.
+    An exception in the thread reaches the consumer at the batch it belongs to."""
 
     def __init__(
-        self, plan: BatchPlan, samples_seen: int, batches_seen: int, depth: int = 2
+        self, plan: BatchPlan, samples_seen: int, batches_seen: int, ahead: bool, depth: int = 2
     ) -> None:
-        self.plan = plan
+        self.plan, self.position = plan, (samples_seen, batches_seen)
         self.pin = plan.dist.device.type == "cuda"
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
-        self.thread = threading.Thread(
-            target=self._fill, args=(samples_seen, batches_seen), daemon=True, name="batches"
-        )
-        self.thread.start()
+        self.thread = None
+        if ahead:
+            self.thread = threading.Thread(target=self._fill, daemon=True, name="batches")
+            self.thread.start()
 
-    def _fill(self, samples_seen: int, batches_seen: int) -> None:
+    def _build(self) -> GlobalBatch:
+        batch = self.plan.batch(*self.position)
+        self.position = batch.samples_seen, batch.batches_seen
+        if self.pin:  # page-locked, so the copy to the GPU can overlap with compute
+            for b in batch.micro:
+                b.x, b.noise = b.x.pin_memory(), b.noise.pin_memory()
+        return batch
+
+    def _fill(self) -> None:
         while not self.stop.is_set():
             try:
-                batch = self.plan.batch(samples_seen, batches_seen)
-                if self.pin:
-                    for b in batch.micro:
-                        b.x, b.noise = b.x.pin_memory(), b.noise.pin_memory()
+                batch = self._build()
             except BaseException as exc:  # handed to the consumer, raised there
                 self._put(exc)
                 return
-            samples_seen, batches_seen = batch.samples_seen, batch.batches_seen
             self._put(batch)
 
     def _put(self, item: object) -> None:
@@ -304,6 +309,8 @@ class Prefetcher:
         return self
 
     def __next__(self) -> GlobalBatch:
+        if self.thread is None:
+            return self._build()
         item = self.queue.get()
         if isinstance(item, BaseException):
             raise item
@@ -312,4 +319,5 @@ class Prefetcher:
     def close(self) -> None:
         """Stop the thread (it finishes the batch it is building) and drop what it built."""
         self.stop.set()
-        self.thread.join()
+        if self.thread is not None:
+            self.thread.join()

@@ -26,7 +26,7 @@ from univid.errors import ConfigError, InputError
 from univid.flow import flow_loss_per_sample
 from univid.parallel import init_distributed, parallelize, unwrap
 from univid.text import TextEncoder
-from univid.train.batches import BatchPlan, GlobalBatch, MicroBatch, Prefetcher, open_dataset
+from univid.train.batches import Batches, BatchPlan, GlobalBatch, MicroBatch, open_dataset
 from univid.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
 from univid.train.guards import Pending, UpdateGuard, check_bad_fraction
 from univid.train.metrics import Interval, append_log, start_run
@@ -77,7 +77,7 @@ class Trainer:
         )
         self.plan = BatchPlan(cfg, self.dist, self.dataset)
         self.global_batch = self.plan.global_batch
-        self.batches: Prefetcher | None = None  # started at the first step
+        self.batches: Batches | None = None  # started at the first step
         self.previews = Previews(cfg, self.dist, self.dataset, lambda: self.text)
         self.step = 0  # optimizer steps taken (ahead by the skipped updates not yet read back)
         self.batches_seen = 0  # global batches consumed (updates + skipped steps)
@@ -153,7 +153,10 @@ class Trainer:
         usable samples over all ranks: host arithmetic on one rank; under torchrun one small
         collective, since every rank must take the same path."""
         if self.batches is None:
-            self.batches = Prefetcher(self.plan, self.samples_seen, self.batches_seen)
+            ahead = self.cfg.data.prefetch == "thread" or (
+                self.cfg.data.prefetch == "auto" and self.device.type == "cuda"
+            )
+            self.batches = Batches(self.plan, self.samples_seen, self.batches_seen, ahead)
         batch = next(self.batches)
         prefix = f"step {self.step + 1} rank {self.dist.rank}"
         lines = [f"{prefix} index {i}: {why}" for i, why in batch.skipped]
