@@ -236,17 +236,22 @@ def _failure(counts: list[int], stats: list[dict], agreement: dict, moved: bool,
     allowed = int(BAD_FRAME_FRACTION * len(counts))
     if max(counts) == 0:
         return "empty"
-    # Merged copies are judged on the median over frames: they stay merged in every frame,
-    # while noise can make one small frame's edge stray.
-    merged = float(np.median([s["misfit"] for s in stats])) > MERGED_MISFIT if stats else False
-    if sum(c > 1 for c in counts) > allowed or merged:
+    if sum(c > 1 for c in counts) > allowed:
         return "extra_object"
     if counts.count(0) > allowed:
         return "empty"  # the object vanishes in several frames
     low, high = (
         r * scale for r in (RADIUS_RANGE[0] - RADIUS_SLACK, RADIUS_RANGE[1] + RADIUS_SLACK)
     )
-    if sum(not low <= s["radius"] <= high for s in stats) > allowed:
+    # Two merged copies are never smaller than one object, so a too-small object is wrong in
+    # size whatever its misfit (a blob of a few pixels is all edge, where noise weighs most).
+    if sum(s["radius"] < low for s in stats) > allowed:
+        return "size"
+    # Merged copies are judged on the median over frames: they stay merged in every frame,
+    # while noise can make one small frame's edge stray.
+    if float(np.median([s["misfit"] for s in stats])) > MERGED_MISFIT:
+        return "extra_object"
+    if sum(s["radius"] > high for s in stats) > allowed:
         return "size"
     for attribute in ("shape", "colour"):
         if agreement[attribute] < CONSISTENT_FRACTION:
