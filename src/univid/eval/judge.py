@@ -57,19 +57,25 @@ CONFIDENT_LEVEL = 150
 SPECK_FRACTION = 0.25
 # Frames allowed to break the one-object rules: "nearly every frame" is all but one in eight.
 BAD_FRAME_FRACTION = 0.125
-# Radius tolerance (pixels at 32 px) around RADIUS_RANGE. The fitted radius of ground truth is
-# off by at most 0.26 px (32x32) and 0.34 px at 32-px scale (16x16, 0.17 px there), with noise
-# of sigma 15 included (1,500 clips); 1 px of slack keeps blurry generated edges in and still
-# fails an object a quarter larger or smaller than the world's extremes.
-RADIUS_SLACK = 1.0
+# Size tolerance: a right object's fitted radius lies within RADIUS_RANGE widened by this
+# factor either way. On ground truth the fit is off by at most 0.2 px at 32x32 and 0.7 px
+# (at 32-px scale) at 16x16, noise included (see docs/eval/judge-ground-truth.jsonl), but
+# generated edges carry a dim halo: single objects of the bundled model on development seeds
+# 500-503 that look right (and like the world's largest squares) fit up to r = 9.0. A factor
+# of 1.4 (r in 2.9-9.8 px at 32 px) keeps them in and fails an object with twice the area of
+# the world's largest, or half that of its smallest.
+SIZE_TOLERANCE = 1.4
 # Median edge misfit (pixels, see _template_misfit) above which one component is two merged
-# copies. Ground truth (200 clips each, median over frames) reaches at most 0.014 px at 32x32
-# and 0.040 px at 16x16, both with noise of sigma 15; two copies 3-4 px apart stay above
-# 0.2 px in 95 % of cases at 32x32, and every pair 3-8 px apart in the tests fails.
-MERGED_MISFIT = 0.1
-# Per-pixel coverage differences below this are background noise (sigma 15 of ~230 is 0.065),
-# not geometry; a pixel that one copy fills and a single object would not differs by ~1.
-MISFIT_DEAD_ZONE = 0.15
+# copies. Measured as median over frames: ground truth at most 0.000 px (32x32) and 0.001 px
+# (16x16) with noise of sigma 15; single objects of the bundled model on development seeds
+# 500-503 (all that look like one object) at most 0.054 px, 99 % below 0.031; two copies
+# 4-6 px apart at least 0.063 px (32x32), 3-4 px apart 0.037 px (32x32) and 0.060 (16x16).
+# So copies 4 px or more apart always fail; of copies 3-4 px apart 72 % fail at 32x32 and 98 %
+# at 16x16 (tests): the rest are as round as single objects the model draws, and pass.
+MERGED_MISFIT = 0.06
+# Per-pixel coverage differences below this are edge blur and background noise, not geometry:
+# a pixel that one copy fills and a single object would not differs by ~1.
+MISFIT_DEAD_ZONE = 0.5
 # A shape or colour "stays the same" if at least this share of the object's frames agree.
 CONSISTENT_FRACTION = 0.7
 # Travel (pixels at 32 px) below which the object has not moved as the world moves things: half
@@ -113,6 +119,9 @@ class Judgement:
     colour_agreement: float = float("nan")
 
 
+EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity within a frame
+
+
 def _label_frames(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """8-connected components of each frame of a (T, H, W) mask -> (labels, area per label)."""
     structure = np.zeros((3, 3, 3), dtype=bool)
@@ -124,16 +133,19 @@ def _label_frames(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _template_misfit(level: np.ndarray, blob: np.ndarray, shape: str) -> tuple[float, float]:
     """Fit the world's rendering of ``shape`` to one component -> (radius, edge misfit in px).
 
-    The object's coverage is its brightness over its own typical brightness, kept on the
-    component and its one-pixel ring (so other components and the far background do not count).
-    The radius comes from that coverage's area, the centre from its centroid (a triangle's
-    centroid sits r/3 below its box centre). The misfit is the L1 difference to the rendered
-    template, less a dead zone per pixel that swallows background noise, over the template's
-    perimeter: about how far, in pixels, the object's edge strays from one world shape.
+    The object's coverage is its brightness over its own typical brightness on its one-pixel
+    edge, and 1 inside (generated objects have darker stripes inside that say nothing about
+    their outline); other components and the far background do not count. The radius comes
+    from the coverage's area, the centre from its centroid (a triangle's centroid sits r/3
+    below its box centre). The misfit counts the pixels that the object and the rendered
+    template clearly disagree on (by more than MISFIT_DEAD_ZONE), over the template's
+    perimeter: about how far, in pixels, the outline strays from one world shape.
     """
-    ring = ndimage.binary_dilation(blob, structure=np.ones((3, 3), dtype=bool))
+    filled = ndimage.binary_fill_holes(blob)
+    ring = ndimage.binary_dilation(filled, structure=EIGHT)
     peak = float(np.median(level[blob]))
     cover = np.where(ring, np.clip(level / max(peak, 1.0), 0.0, 1.0), 0.0)
+    cover[ndimage.binary_erosion(filled, structure=EIGHT)] = 1.0
     area = float(cover.sum())
     radius = float(np.sqrt(area / AREA_PER_R2[shape]))
     ys, xs = np.mgrid[: level.shape[0], : level.shape[1]] + 0.5
@@ -153,7 +165,7 @@ def _moments(level: np.ndarray, blob: np.ndarray) -> dict[str, float]:
     # Soft weights over the component and its one-pixel ring keep the anti-aliased edge, so the
     # moments resolve sub-pixel geometry that the thresholded mask loses at small sizes; the
     # floor keeps a dim, noisy background from counting.
-    ring = ndimage.binary_dilation(blob, structure=np.ones((3, 3), dtype=bool))
+    ring = ndimage.binary_dilation(blob, structure=EIGHT)
     weight = np.where(ring, np.maximum(level.astype(np.float64) - BACKGROUND_LEVEL, 0.0), 0.0)
     ys, xs = np.mgrid[: level.shape[0], : level.shape[1]] + 0.5
     mass = weight.sum()
@@ -199,20 +211,26 @@ def _object_frame(frame: np.ndarray, level: np.ndarray, blob: np.ndarray) -> dic
     return stats
 
 
-def _frames(video: np.ndarray, scale: float) -> tuple[list[int], list[int], list[dict]]:
-    """Per frame: objects counted, then (time, stats) of the frames showing exactly one."""
+def _frames(video: np.ndarray, scale: float) -> tuple[list[int], list[dict]]:
+    """Objects counted per frame, and the stats of each frame's largest object.
+
+    Stats carry ``t`` and ``single`` (the frame shows exactly one object); frames with more
+    objects still say which colour, shape and direction the video shows, like a person
+    describing "two red circles moving left".
+    """
     level = video.max(axis=-1)
     labels, areas = _label_frames(level > FOREGROUND_LEVEL)
     speck = SPECK_FRACTION * 2 * (RADIUS_RANGE[0] * scale) ** 2
-    counts, times, stats = [], [], []
+    counts, stats = [], []
     for t in range(video.shape[0]):
         ids = np.unique(labels[t])
         ids = ids[(ids > 0) & (areas[ids] >= speck)]
         counts.append(len(ids))
-        if len(ids) == 1:
-            times.append(t)
-            stats.append(_object_frame(video[t], level[t], labels[t] == ids[0]))
-    return counts, times, stats
+        if len(ids):
+            largest = ids[np.argmax(areas[ids])]
+            found = _object_frame(video[t], level[t], labels[t] == largest)
+            stats.append({**found, "t": t, "single": len(ids) == 1})
+    return counts, stats
 
 
 def _direction_of(
@@ -240,9 +258,8 @@ def _failure(counts: list[int], stats: list[dict], agreement: dict, moved: bool,
         return "extra_object"
     if counts.count(0) > allowed:
         return "empty"  # the object vanishes in several frames
-    low, high = (
-        r * scale for r in (RADIUS_RANGE[0] - RADIUS_SLACK, RADIUS_RANGE[1] + RADIUS_SLACK)
-    )
+    low = RADIUS_RANGE[0] * scale / SIZE_TOLERANCE
+    high = RADIUS_RANGE[1] * scale * SIZE_TOLERANCE
     # Two merged copies are never smaller than one object, so a too-small object is wrong in
     # size whatever its misfit (a blob of a few pixels is all edge, where noise weighs most).
     if sum(s["radius"] < low for s in stats) > allowed:
@@ -266,23 +283,26 @@ def judge(video: np.ndarray) -> Judgement:
         raise ValueError(f"expected a (T, H, W, 3) video, got shape {video.shape}")
     frames, height, width, _ = video.shape
     scale = min(height, width) / REFERENCE_SIZE
-    counts, times, stats = _frames(video, scale)
+    counts, stats = _frames(video, scale)
+    single = [s for s in stats if s["single"]]
+    # Attributes come from the one-object frames; a video with (nearly) none still shows them.
+    read = single if len(single) >= 2 else stats
     nan = float("nan")
-    median = {
-        k: float(np.median([s[k] for s in stats])) if stats else nan
-        for k in ("fill", "skew", "cross", "radius", "misfit")
-    }
-    shape = _shape_of(median["skew"], median["cross"]) if stats else None
-    pixels = np.concatenate([s["pixels"] for s in stats]) if stats else np.zeros((0, 3))
-    colour = _nearest_colour(pixels.astype(np.float64).mean(axis=0)) if stats else None
+
+    def median(key: str, of: list[dict]) -> float:
+        return float(np.median([s[key] for s in of])) if of else nan
+
+    shape = _shape_of(median("skew", read), median("cross", read)) if read else None
+    pixels = np.concatenate([s["pixels"] for s in read]) if read else np.zeros((0, 3))
+    colour = _nearest_colour(pixels.astype(np.float64).mean(axis=0)) if read else None
     agreement = {
-        "shape": float(np.mean([s["shape"] == shape for s in stats])) if stats else nan,
-        "colour": float(np.mean([s["colour"] == colour for s in stats])) if stats else nan,
+        "shape": float(np.mean([s["shape"] == shape for s in single])) if single else nan,
+        "colour": float(np.mean([s["colour"] == colour for s in single])) if single else nan,
     }
     direction, dx, dy = _direction_of(
-        np.asarray(times, dtype=np.float64),
-        np.asarray([s["x"] for s in stats]),
-        np.asarray([s["y"] for s in stats]),
+        np.asarray([s["t"] for s in read], dtype=np.float64),
+        np.asarray([s["x"] for s in read]),
+        np.asarray([s["y"] for s in read]),
         frames,
         scale,
     )
@@ -290,16 +310,16 @@ def judge(video: np.ndarray) -> Judgement:
         colour,
         shape,
         direction,
-        median["fill"],
-        median["skew"],
-        median["cross"],
+        median("fill", read),
+        median("skew", read),
+        median("cross", read),
         dx,
         dy,
-        len(times),
-        failure=_failure(counts, stats, agreement, direction is not None, scale),
+        len(single),
+        failure=_failure(counts, single, agreement, direction is not None, scale),
         objects=max(counts),
-        radius=median["radius"],
-        misfit=median["misfit"],
+        radius=median("radius", single),
+        misfit=median("misfit", single),
         shape_agreement=agreement["shape"],
         colour_agreement=agreement["colour"],
     )
