@@ -9,10 +9,11 @@ Otherwise :attr:`Judgement.failure` names the first broken rule (:data:`FAILURES
 Checking the count before the attributes follows GenEval: a video of two red circles is not a
 red circle, whichever of the two the attributes are read from.
 
-Two copies 3-8 px apart usually touch and threshold into one component, so a component is also
+Two copies a few pixels apart touch and threshold into one component, so a component is also
 compared with the world's own rendering of the judged shape, fitted to its area and centroid
-(:func:`_template_misfit`): the edge of one object strays from its template by hundredths of a
-pixel, that of two merged copies by tenths. Shape uses intensity-weighted moments, because at
+(:func:`_template_misfit`): the outline of one object, even a blurry generated one, strays from
+its template by a few hundredths of a pixel on average, that of two copies 4 px or more apart
+by more (MERGED_MISFIT). Shape uses intensity-weighted moments, because at
 16 px the thresholded box of a 2-3 px triangle is too coarse for its fill ratio; colour is the
 palette entry nearest in hue. Every step tolerates anti-aliasing and dim background noise.
 """
