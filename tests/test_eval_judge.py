@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from univid.cli import build_parser
+from univid.cli import build_parser, main
 from univid.data.shapes import ShapesWorld, render, sample_clip
 from univid.eval.groundtruth import judge_accuracy
 from univid.eval.judge import FAILURES, judge
@@ -168,3 +168,10 @@ def test_run_eval_rejects_float_videos() -> None:
 
     with pytest.raises(ValueError, match="uint8"):
         run_eval(floats, num_seeds=1, progress=False)
+
+
+def test_negative_seed_offset_is_refused(tmp_path, capsys) -> None:
+    assert main(["eval", "--seed-offset", "-1", "--out", str(tmp_path / "r.json")]) == 2
+    assert "--seed-offset" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="seed_offset"):
+        run_eval(_ground_truth(), num_seeds=1, progress=False, seed_offset=-1)
