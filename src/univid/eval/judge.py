@@ -122,8 +122,8 @@ class Judgement:
     objects: int = 0  # most objects seen in any frame
     radius: float = float("nan")  # median fitted radius, pixels
     misfit: float = float("nan")  # median edge misfit to one world shape, pixels
-    shape_agreement: float = float("nan")  # share of frames showing the judged shape
-    colour_agreement: float = float("nan")
+    shape_agreement: float = float("nan")  # share of clear one-object frames with the shape
+    colour_agreement: float = float("nan")  # share of one-object frames with the colour
 
 
 EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity within a frame
