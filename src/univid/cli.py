@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from univid.errors import InputError, UnividError
@@ -132,9 +131,8 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from univid.eval.report import run_eval, write_grid
-    from univid.eval.validation import ValidationSet
-    from univid.flow import nfe
+    from univid.eval.report import save_report
+    from univid.eval.run import evaluate
     from univid.video import check_output_path
 
     if Path(args.out).suffix != ".json":
@@ -144,40 +142,28 @@ def _eval(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
-    pipe = _pipeline(args)
-    flow = pipe.config.flow
-    steps, solver = args.steps or flow.sample_steps, args.solver or flow.solver
-    forwards = []
-
-    def generate(prompts: list[str], seeds: list[int]):
-        videos = pipe.generate(
-            prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance, **_sampling(args)
-        )
-        cache = pipe.last_cache
-        forwards.append(cache.computed if cache else nfe(solver, steps))
-        return videos
-
-    start = time.perf_counter()
-    report, videos = run_eval(generate, args.seeds, batch_size=args.batch_size)
-    seconds = time.perf_counter() - start
-    report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
-    report["settings"] = {
-        "model": str(args.model),
-        "seeds": args.seeds,
-        "steps": steps,
-        "guidance": flow.guidance if args.guidance is None else args.guidance,
-        "solver": solver,
-        "shift": flow.shift if args.shift is None else args.shift,
-        "step_cache": flow.step_cache if args.step_cache is None else args.step_cache,
-        "nfe": nfe(solver, steps),
-        "forwards_per_batch": sum(forwards) / len(forwards),
-        "sampling_seconds": round(seconds, 2),
+    if args.seed_offset < 0:
+        raise InputError(f"--seed-offset must be >= 0, got {args.seed_offset}")
+    report, videos = evaluate(
+        _pipeline(args),
+        model=str(args.model),
+        seeds=args.seeds,
+        seed_offset=args.seed_offset,
+        steps=args.steps,
+        guidance=args.guidance,
+        batch_size=args.batch_size,
+        **_sampling(args),
+    )
+    failures = save_report(report, videos, out, grid)
+    summary = {
+        **report["accuracy"],
+        "wilson95": report["all_correct_wilson95"],
+        "failures": report["failures"],
+        "val_loss": report["validation"]["val_loss"],
+        **report["settings"],
     }
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    write_grid(report, videos, grid)
-    acc = report["accuracy"]
-    summary = {**acc, "val_loss": report["validation"]["val_loss"], **report["settings"]}
-    print(json.dumps({**summary, "report": str(out), "grid": str(grid)}))
+    paths = {"report": str(out), "grid": str(grid), "failures_grid": failures and str(failures)}
+    print(json.dumps({**summary, **paths}))
 
 
 def _pipeline(args: argparse.Namespace):
@@ -386,6 +372,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="judge every colour x shape x direction prompt")
     p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    p.add_argument(
+        "--seed-offset",
+        type=int,
+        default=1_000_000,
+        help="first seed (seeds offset..offset+seeds-1); the default is far from the seeds that "
+        "training, development and the docs use",
+    )
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument("--batch-size", type=int, default=42, help="videos per sampling batch")

@@ -1,6 +1,18 @@
-"""Analytic judges and the all-prompts evaluation of the shapes world."""
+"""Analytic judges and the all-prompts evaluation of the shapes world.
 
-from univid.eval.judge import Judgement, judge
-from univid.eval.report import run_eval, write_grid
+``univid.eval.run.evaluate`` (a pipeline in, a report out) is not imported here: it needs torch.
+"""
 
-__all__ = ["Judgement", "judge", "run_eval", "write_grid"]
+from univid.eval.judge import FAILURES, Judgement, failure_against, judge
+from univid.eval.report import run_eval, save_report, wilson_interval, write_grid
+
+__all__ = [
+    "FAILURES",
+    "Judgement",
+    "failure_against",
+    "judge",
+    "run_eval",
+    "save_report",
+    "wilson_interval",
+    "write_grid",
+]

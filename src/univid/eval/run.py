@@ -1,0 +1,70 @@
+"""`univid eval` as a function: generate with a pipeline, judge, and add what the run was.
+
+The command line only parses, calls :func:`evaluate` and prints; the benchmarks reuse it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from univid.eval.report import EVAL_SEED_OFFSET, run_eval
+from univid.eval.validation import ValidationSet
+from univid.flow import nfe
+
+
+def evaluate(
+    pipe: Any,
+    *,
+    model: str,
+    seeds: int,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    steps: int | None = None,
+    guidance: float | None = None,
+    solver: str | None = None,
+    shift: float | None = None,
+    step_cache: float | None = None,
+    batch_size: int = 42,
+    progress: bool = True,
+) -> tuple[dict, np.ndarray]:
+    """Judge ``seeds`` videos of every prompt from ``pipe`` (a :class:`univid.pipeline.Pipeline`).
+
+    ``None`` settings mean the model's own. Returns the report of :func:`run_eval` plus the
+    model's fixed validation loss and the settings (with the network forwards actually run per
+    batch, which the step cache lowers below the NFE) and the videos (N, T, H, W, 3) uint8.
+    """
+    flow = pipe.config.flow
+    steps_used, solver_used = steps or flow.sample_steps, solver or flow.solver
+    sampling = {"shift": shift, "solver": solver, "step_cache": step_cache}
+    forwards: list[float] = []
+
+    def generate(prompts: list[str], seed_list: list[int]) -> np.ndarray:
+        videos = pipe.generate(
+            prompts, seed_list, num_steps=steps, guidance_scale=guidance, **sampling
+        )
+        cache = pipe.last_cache
+        forwards.append(cache.computed if cache else nfe(solver_used, steps_used))
+        return videos
+
+    start = time.perf_counter()
+    report, videos = run_eval(
+        generate, seeds, batch_size=batch_size, progress=progress, seed_offset=seed_offset
+    )
+    seconds = time.perf_counter() - start
+    report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
+    report["settings"] = {
+        "model": model,
+        "seeds": seeds,
+        "seed_offset": seed_offset,
+        "steps": steps_used,
+        "guidance": flow.guidance if guidance is None else guidance,
+        "solver": solver_used,
+        "shift": flow.shift if shift is None else shift,
+        "step_cache": flow.step_cache if step_cache is None else step_cache,
+        "nfe": nfe(solver_used, steps_used),
+        "forwards_per_batch": sum(forwards) / len(forwards),
+        "sampling_seconds": round(seconds, 2),
+    }
+    return report, videos
