@@ -332,6 +332,25 @@ def _add_info_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    p.add_argument(
+        "--seed-offset",
+        type=int,
+        default=1_000_000,
+        help="first seed (seeds offset..offset+seeds-1); the default is far from the seeds that "
+        "training, development and the docs use",
+    )
+    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--batch-size", type=int, default=42, help="videos per sampling batch")
+    p.add_argument("--out", default="report.json", help="JSON report path")
+    p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
+    _add_choice(p, "--device", DEVICES, default="auto")
+    _add_speed_options(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -370,22 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="judge every colour x shape x direction prompt")
-    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
-    p.add_argument(
-        "--seed-offset",
-        type=int,
-        default=1_000_000,
-        help="first seed (seeds offset..offset+seeds-1); the default is far from the seeds that "
-        "training, development and the docs use",
-    )
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=int, default=42, help="videos per sampling batch")
-    p.add_argument("--out", default="report.json", help="JSON report path")
-    p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
-    _add_choice(p, "--device", DEVICES, default="auto")
-    _add_speed_options(p)
+    _add_eval_options(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
