@@ -8,7 +8,7 @@
   the logging interval, or before a checkpoint, sample or validation — and then counts it, logs
   it with its batch, gives back its step number, LR-schedule step and optimizer step count,
   and stops the run after ``train.max_nonfinite`` in a row. Between a skipped step and that
-  read, the following steps used the LR and Adam bias correction one step ahead.
+  read, the following steps used the LR, Adam bias correction and EMA decay one step ahead.
 - **Gradient-norm spikes** are judged from the same read, step by step in order.
 - **Too many bad samples**: usable-sample counts are host numbers; the check is immediate.
 """
