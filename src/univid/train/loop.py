@@ -1,10 +1,10 @@
 """The training loop: rectified flow with EMA, checkpoints, samples, on one or many processes.
 
 One step (:meth:`Trainer.update`) takes the next global batch from :mod:`univid.train.batches`
-(built ahead on a background thread when training on CUDA), runs forward and backward over its micro-batches, clips
-the gradient and updates the weights, the LR schedule and the EMA. It reads nothing back from
-the device: the loss, the gradient norm and the non-finite flag stay there until the loop's
-next host event (a metrics row, checkpoint, sample or validation), when
+(built ahead on a background thread when training on CUDA), runs forward and backward over its
+micro-batches, clips the gradient and updates the weights, the LR schedule and the EMA. It reads
+nothing back from the device: the loss, the gradient norm and the non-finite flag stay there
+until the loop's next host event (a metrics row, checkpoint, sample or validation), when
 :class:`univid.train.guards.UpdateGuard` reads them all at once.
 """
 
