@@ -288,10 +288,10 @@ def _export(args: argparse.Namespace) -> None:
     print(export_model_dir(args.model, args.out, DTYPES[args.dtype]))
 
 
-# Integer options that must be >= 1 when given.
+# Integer options that must be >= 1 when given (bench options are checked by BenchSettings).
 POSITIVE_OPTIONS = (
     "steps num seeds scale batch_size frames height width text_len max_length shard_size "
-    "max_source_pixels repeats warmup batch sweep_depth sweep_max_tokens"
+    "max_source_pixels"
 ).split()
 
 
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             args.config = None
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for name in POSITIVE_OPTIONS:
+    for name in POSITIVE_OPTIONS if args.command != "bench" else ():  # BenchSettings checks
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.exit(2, f"univid: error: --{name.replace('_', '-')} must be >= 1, got {value}\n")
