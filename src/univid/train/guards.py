@@ -97,9 +97,9 @@ class UpdateGuard:
             yield torch.ones((), dtype=torch.bool, device=grad_norm.device)
             return
         ok = self.finite(loss_share, grad_norm)
-        self.before_update()
+        self._save()
         yield ok
-        self.after_update(ok)
+        self._restore(ok)
 
     def _tensors(self) -> list[torch.Tensor]:
         """What an update writes: weights and Adam's two moments (local shards)."""
@@ -113,7 +113,7 @@ class UpdateGuard:
         return self.dist.sum(bad).sum() == 0
 
     @torch.no_grad()
-    def before_update(self) -> None:
+    def _save(self) -> None:
         """Copy what the update will write (into buffers kept from step to step)."""
         tensors = self._tensors()
         if not self.saved:
@@ -121,7 +121,7 @@ class UpdateGuard:
         torch._foreach_copy_(self.saved, tensors)
 
     @torch.no_grad()
-    def after_update(self, ok: torch.Tensor) -> None:
+    def _restore(self, ok: torch.Tensor) -> None:
         """Put the copies back where the update was not finite; a finite one stays as it is."""
         for tensor, saved in zip(self._tensors(), self.saved):
             torch.where(ok, tensor, saved, out=tensor)
