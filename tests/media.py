@@ -197,7 +197,7 @@ def make_bad_media(root: str | Path) -> dict[str, str]:
     item("notvideo.mp4", "not a readable media file").write_bytes(b"this is not a video\n" * 50)
     item("notimage.png", "cannot read image").write_bytes(b"not an image at all\n" * 20)
     shutil.copy(good, item("nocaption.mp4", "no caption file", text=None))
-    shutil.copy(good, item("blank.mp4", "empty caption", text="  \n\t\n"))
+    shutil.copy(good, item("blank.mp4", "caption is empty", text="  \n\t\n"))
     shutil.copy(good, item("latin1.mp4", "not UTF-8", text="un caf\xe9".encode("latin-1")))
     caption(root / "orphan.mp4", "a caption without its video")
     bad["orphan.txt"] = "caption without a video file"

@@ -261,7 +261,7 @@ def test_list_sources_reports_caption_problems(bad):
     assert items["latin1.mp4"] == SourceItem(
         "latin1.mp4", root / "latin1.mp4", None, "caption is not UTF-8 text", {}
     )
-    assert items["blank.mp4"].problem == "empty caption"
+    assert items["blank.mp4"].problem == "caption is empty"
     assert items["orphan.txt"].path is None and items["orphan.txt"].caption
     assert items["truncated.mp4"].problem is None and items["truncated.mp4"].caption == "a caption"
     assert list(items) == sorted(items)
@@ -312,7 +312,7 @@ def test_csv_table(good, tmp_path):
     assert items[(good / "a.mp4").as_posix()].path == good / "a.mp4"
     assert items["../b.webm"].caption == "up a folder" and items["../b.webm"].problem is None
     assert items["gone.mp4"].problem == "file not found: 'gone.mp4'"
-    assert items["e.avi"].problem == "empty caption"
+    assert items["e.avi"].problem == "caption is empty"
     assert items["row 7"].path is None and items["row 7"].problem == "missing path"
     assert items["e.avi (row 8)"].problem is None
     assert "unquoted caption" in items["d.mov (row 9)"].problem

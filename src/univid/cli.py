@@ -112,11 +112,11 @@ def _generate(args: argparse.Namespace) -> None:
     from univid.pipeline import check_prompt
     from univid.video import check_output_path, save_video
 
-    check_prompt(args.prompt)
+    prompt = check_prompt(args.prompt)
     out = check_output_path(args.out)
     pipe = _pipeline(args)
     videos = pipe(
-        [args.prompt],
+        [prompt],
         num_steps=args.steps,
         guidance_scale=args.guidance,
         seed=args.seed,

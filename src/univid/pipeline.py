@@ -21,25 +21,14 @@ from univid.errors import InputError
 from univid.flow import SOLVERS, guided, ode_sample
 from univid.step_cache import StepCache
 from univid.text import TextEncoder
+from univid.text.clean import clean_text
 from univid.video import to_uint8
-
-MAX_PROMPT_CHARS = 2000
 
 
 def check_prompt(prompt: str) -> str:
-    """A prompt must be non-empty printable text of reasonable length."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError("the prompt is empty")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InputError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-    try:
-        prompt.encode("utf-8")
-    except UnicodeEncodeError:
-        # Undecodable bytes in argv arrive as lone surrogates.
-        raise InputError("the prompt is not valid UTF-8 text") from None
-    if any(not ch.isprintable() for ch in prompt):
-        raise InputError("the prompt contains control characters")
-    return prompt
+    """The prompt as the model sees it (:func:`univid.text.clean.clean_text`: whitespace and
+    invisible format characters normalised), or :class:`InputError` if it is not usable text."""
+    return clean_text(prompt, "prompt")
 
 
 class Pipeline:
@@ -161,8 +150,7 @@ class Pipeline:
             raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
         if threshold < 0:
             raise InputError(f"step_cache must be >= 0, got {threshold}")
-        for p in prompts:
-            check_prompt(p)
+        prompts = [check_prompt(p) for p in prompts]
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
         shape = (self.config.model.in_channels, *latent)
         # Each video's noise comes from its own seed: a batch equals its videos made one by one.

@@ -391,8 +391,12 @@ class CacheDataset:
         return CachedClip(torch.zeros(shape), torch.zeros(1, self.text_dim), "")
 
     def text_encoder(self, indices: list[int], device: torch.device) -> CachedTextEncoder:
-        """A stand-in text encoder that knows the captions of clips ``indices`` and ''."""
-        states = {self.clips[i]["caption"]: self[i].text for i in indices}
+        """A stand-in text encoder that knows the captions of clips ``indices`` and ''; each
+        caption under its cleaned form, the prompt a pipeline passes on (``indices`` must be
+        clips whose captions :func:`~univid.text.clean.clean_text` accepts)."""
+        from univid.text.clean import clean_text
+
+        states = {clean_text(self.clips[i]["caption"], "caption"): self[i].text for i in indices}
         states[""] = self.null_text
         return CachedTextEncoder(states, self.text_dim, device)
 

@@ -6,13 +6,16 @@ name: ``clips/cat.mp4`` + ``clips/cat.txt``. A *table* is a ``.csv`` (with a hea
 resolved against the table's folder and any other columns are kept in :attr:`SourceItem.extra`.
 
 :func:`list_sources` never opens the media: it reports what is wrong with an item before any
-decoding (no caption, empty caption, missing file, unsupported type) in :attr:`SourceItem.problem`
-and raises :class:`~univid.errors.InputError` only for a source that cannot be read at all.
+decoding (no caption, a caption that is not usable text, missing file, unsupported type) in
+:attr:`SourceItem.problem` and raises :class:`~univid.errors.InputError` only for a source that
+cannot be read at all. Every caption is cleaned by :func:`univid.text.clean.clean_text`, the gate
+prompts go through, so a listed caption is exactly what generation would accept for it.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from univid.errors import InputError
+from univid.text.clean import clean_text
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
@@ -34,7 +38,7 @@ class SourceItem:
 
     key: str  # the path relative to the folder/table's folder, or "row N" for a row with no path
     path: Path | None  # the media file; None when a caption has no file
-    caption: str | None  # None when missing or unreadable
+    caption: str | None  # cleaned; as written when it is the problem; None: missing, unreadable
     problem: str | None  # why the item is unusable before any decoding, else None
     extra: dict[str, Any] = field(default_factory=dict)  # other columns of a table row
 
@@ -71,12 +75,18 @@ def _read_caption(path: Path) -> tuple[str | None, str | None]:
     except OSError as exc:
         return None, f"cannot read caption file: {(exc.strerror or str(exc)).lower()}"
     try:
-        text = data.decode("utf-8-sig").strip()
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         return None, "caption is not UTF-8 text"
-    if not text:
-        return "", "empty caption"
-    return text, None
+    return _clean_caption(text)
+
+
+def _clean_caption(text: str) -> tuple[str, str | None]:
+    """(caption, problem): the caption cleaned, or as written with the reason it is refused."""
+    try:
+        return clean_text(text, "caption"), None
+    except InputError as exc:
+        return text, str(exc)
 
 
 def _list_folder(root: Path) -> list[SourceItem]:
@@ -128,7 +138,9 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
         raise InputError(f"data table {str(table)!r} is not UTF-8 text") from None
     rows: list[tuple[int, dict[str, Any] | None, str | None]] = []
     if table.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
+        # newline='': rows end only at \n, \r\n or \r; other Unicode line breaks (U+2028,
+        # U+0085, form feed, ...) are characters of a field, as they are to any CSV writer.
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
         try:
             columns = [c.strip() for c in reader.fieldnames or []]
             reader.fieldnames = columns
@@ -152,7 +164,10 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
             ) from None
         return rows
     objects = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON lines end at \n only (a \r before it is stripped): U+2028 and kin are valid inside
+    # JSON strings, and str.splitlines() would cut a row there.
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -190,8 +205,9 @@ def _list_table(table: Path) -> list[SourceItem]:
             if key in seen:  # the same file again (e.g. a second caption): keep ids unique
                 key = f"{key} (row {number})"
         seen.add(key)
+        caption_problem = None
         if isinstance(caption, str):
-            caption = caption.strip()
+            caption, caption_problem = _clean_caption(caption)
         elif caption is not None:
             problem = problem or "caption is not text"
             caption = None
@@ -202,8 +218,8 @@ def _list_table(table: Path) -> list[SourceItem]:
                 problem = "path is not text"
             elif caption is None:
                 problem = "missing caption"
-            elif not caption:
-                problem = "empty caption"
+            elif caption_problem is not None:
+                problem = caption_problem
             elif path is not None and path.suffix.lower() not in MEDIA_EXTS:
                 problem = _unsupported(path.suffix)
             elif path is not None and not path.exists():

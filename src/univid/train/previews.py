@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,12 @@ from univid.config import Config
 from univid.data.cache import CacheDataset
 from univid.data.shapes import canonical_prompt
 from univid.device import autocast
+from univid.errors import InputError
 from univid.eval.validation import ValidationSet
 from univid.parallel import Dist
 from univid.pipeline import Pipeline
 from univid.text import TextEncoder
+from univid.text.clean import clean_text
 from univid.video import save_video, tile
 
 SAMPLE_PROMPTS = [
@@ -29,19 +32,39 @@ SAMPLE_PROMPTS = [
 class Previews:
     """Validation losses and sample GIFs of a run, each built on first use.
 
-    Sample videos show fixed prompts: the shapes world's, or a cache's first captions."""
+    Sample videos show fixed prompts: the shapes world's, or a cache's first captions that are
+    usable prompts (a cache made before captions were cleaned may hold others: they are skipped,
+    with one line on stderr, so that they can never stop a run)."""
 
     def __init__(
         self, cfg: Config, dist: Dist, dataset: Any, text: Callable[[], TextEncoder]
     ) -> None:
         self.cfg, self.dist, self.dataset, self.text = cfg, dist, dataset, text
         self.cached = isinstance(dataset, CacheDataset)
-        self.clips = list(range(min(4, len(dataset)))) if self.cached else []
-        self.prompts = (
-            [dataset.clips[i]["caption"] for i in self.clips] if self.cached else SAMPLE_PROMPTS
-        )
+        self.clips, self.prompts = self._first_captions(4) if self.cached else ([], SAMPLE_PROMPTS)
         self.val: ValidationSet | None = None
         self.pipe: Pipeline | None = None
+
+    def _first_captions(self, count: int) -> tuple[list[int], list[str]]:
+        """The first ``count`` cached clips whose captions are usable prompts, and those prompts."""
+        clips: list[int] = []
+        prompts: list[str] = []
+        refused: list[str] = []
+        for i, clip in enumerate(self.dataset.clips):
+            if len(clips) == count:
+                break
+            try:
+                prompts.append(clean_text(clip["caption"], "caption"))
+                clips.append(i)
+            except InputError as exc:
+                refused.append(f"clip {i}: {exc}")
+        if refused and self.cfg.train.sample_every and self.dist.main:
+            print(
+                f"univid: {len(refused)} cached caption(s) not used as sample prompts "
+                f"(first: {refused[0]})",
+                file=sys.stderr,
+            )
+        return clips, prompts
 
     def validation_losses(self, net: nn.Module, ema: nn.Module, amp: Any) -> dict[str, float]:
         """Fixed validation loss of the trained weights and of their EMA."""
@@ -59,6 +82,8 @@ class Previews:
     def write_samples(self, ema: nn.Module, run_dir: Path, step: int) -> Path | None:
         """A GIF of the EMA model's videos for the fixed prompts, side by side (rank 0)."""
         if not (self.dist.main or self.dist.mode == "fsdp"):  # fsdp: the forward is collective
+            return None
+        if not self.prompts:  # a cache with no caption usable as a prompt: said at the start
             return None
         if self.pipe is None:
             device = self.dist.device
