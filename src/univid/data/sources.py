@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from univid.errors import InputError
+from univid.files import CAPTION_LIMIT, TABLE_LIMIT, UnreadableFile, read_user_bytes
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
@@ -67,9 +68,9 @@ def _unsupported(suffix: str) -> str:
 def _read_caption(path: Path) -> tuple[str | None, str | None]:
     """(caption, problem) of a sidecar caption file."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return None, f"cannot read caption file: {(exc.strerror or str(exc)).lower()}"
+        data = read_user_bytes(path, CAPTION_LIMIT, "caption file")
+    except UnreadableFile as exc:  # a FIFO, a device, a symlink loop, too big: never a hang
+        return None, f"cannot read caption file: {exc.reason}"
     try:
         text = data.decode("utf-8-sig").strip()
     except UnicodeDecodeError:
@@ -121,9 +122,9 @@ def _list_folder(root: Path) -> list[SourceItem]:
 def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, row or None, problem) for each row of a .csv or .jsonl table."""
     try:
-        text = table.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"cannot read data table {str(table)!r}: {exc.strerror}") from None
+        text = read_user_bytes(table, TABLE_LIMIT, "data table").decode("utf-8-sig")
+    except UnreadableFile as exc:
+        raise InputError(f"cannot read data table {str(table)!r}: {exc.reason}") from None
     except UnicodeDecodeError:
         raise InputError(f"data table {str(table)!r} is not UTF-8 text") from None
     rows: list[tuple[int, dict[str, Any] | None, str | None]] = []
