@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from univid.config.sections import show_value
 from univid.errors import InputError
 from univid.files import CAPTION_LIMIT, TABLE_LIMIT, UnreadableFile, read_user_bytes
 
@@ -51,7 +52,7 @@ def list_sources(src: str | Path) -> list[SourceItem]:
     if src.is_dir():
         items = _list_folder(src)
     elif src.suffix.lower() in TABLE_EXTS:
-        if not src.is_file():
+        if not os.path.lexists(src):  # a FIFO, a device, a loop: the reader says which
             raise InputError(f"data table {str(src)!r} not found")
         items = _list_table(src)
     elif src.exists():
@@ -136,7 +137,7 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
             if "path" not in columns or "caption" not in columns:
                 raise InputError(
                     f"data table {str(table)!r} needs 'path' and 'caption' columns, "
-                    f"found {columns!r}"
+                    f"found {show_value(columns)}"
                 )
             for row in reader:
                 spill = row.pop(None, None)  # type: ignore[call-overload]
@@ -160,6 +161,9 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
             row = json.loads(line)
         except ValueError as exc:
             rows.append((number, None, f"invalid JSON: {getattr(exc, 'msg', str(exc))}"))
+            continue
+        except RecursionError:
+            rows.append((number, None, "invalid JSON: nested too deeply"))
             continue
         if not isinstance(row, dict):
             rows.append((number, None, "line is not a JSON object"))
