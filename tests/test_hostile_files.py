@@ -56,10 +56,11 @@ def deadline(seconds: int):
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:
-    """The classic "billion laughs": a few hundred bytes that expand to width**levels items."""
-    lines = [f"a0: &a0 [{','.join(['lol'] * width)}]"]
+    """The classic "billion laughs": a few hundred bytes that expand to width**levels items,
+    used where the loader looks at the value (and once repr'd it whole in its message)."""
+    lines = ["model:", "  width:", f"  - &a0 [{','.join(['lol'] * width)}]"]
     for k in range(1, levels):
-        lines.append(f"a{k}: &a{k} [{','.join([f'*a{k - 1}'] * width)}]")
+        lines.append(f"  - &a{k} [{','.join([f'*a{k - 1}'] * width)}]")
     return "\n".join(lines) + "\n"
 
 
