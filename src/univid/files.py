@@ -1,15 +1,137 @@
-"""Small file helpers shared by checkpoints, caches and model folders: crash-safe writes and
-JSON reads that fail with one line."""
+"""Small file helpers shared by checkpoints, caches and model folders: crash-safe writes, and
+reads of user files that fail with one line (never a hang on a FIFO, never a read of
+``/dev/zero`` or of a file larger than its kind can be)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from univid.errors import CorruptFileError
+from univid.errors import CorruptFileError, InputError
+
+# The most univid reads of each kind of file it reads whole (bytes). Each is far above what a
+# real file of that kind holds and far below what fits in memory.
+CONFIG_LIMIT = 1 << 20  # a config file or a model folder's config.json: a few KB in practice
+CAPTION_LIMIT = 64 << 10  # a caption sidecar: 30x the longest caption a prompt may be
+TABLE_LIMIT = 1 << 30  # a data table: ~5 million rows of a 200-byte caption
+JSON_LIMIT = 1 << 30  # univid's own JSON (cache index: one entry a clip, as big as a table)
+MODEL_TEXT_LIMIT = 64 << 20  # a text file of a model folder (tokenizer.json is up to ~35 MB)
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+class UnreadableFile(InputError):
+    """A user file that is missing, not a regular file, or too big; ``reason`` says which."""
+
+    def __init__(self, path: Path, what: str, reason: str) -> None:
+        super().__init__(f"cannot read {what} {path}: {reason}")
+        self.path, self.what, self.reason = path, what, reason
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "too many levels of symbolic links (a symlink loop?)"
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def _not_regular(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "not a file")
+    return f"it is {kind}, not a regular file"
+
+
+def file_problem(path: Path, limit: int) -> str | None:
+    """Why ``path`` cannot be read whole as a user file (symlinks followed), or None: it is
+    missing, a symlink loop, a folder, FIFO, device or socket, or over ``limit`` bytes. Only
+    ``stat`` is called: nothing is opened."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
+        return _os_reason(exc) if isinstance(exc, OSError) else str(exc)
+    problem = _not_regular(info.st_mode)
+    if problem is None and info.st_size > limit:
+        problem = f"it is {_size(info.st_size)}, over the {_size(limit)} limit"
+    return problem
+
+
+def read_user_bytes(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``limit`` of them.
+
+    Anything else is an :class:`UnreadableFile` (an InputError) naming ``what`` ("config file",
+    "caption file"): a missing file, a symlink loop, a folder, a FIFO or device (refused before
+    any open, so a FIFO never blocks and ``/dev/zero`` is never read), a file over ``limit``
+    (also one that grew past it while read)."""
+    path = Path(path)
+    problem = file_problem(path, limit)
+    if problem is not None:
+        raise UnreadableFile(path, what, problem)
+    try:
+        # O_NONBLOCK: were the file swapped for a FIFO since the stat, open must not wait.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise UnreadableFile(path, what, _os_reason(exc)) from None
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode)
+        if problem is not None:
+            raise UnreadableFile(path, what, problem)
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise UnreadableFile(path, what, _os_reason(exc)) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise UnreadableFile(path, what, f"it is over the {_size(limit)} limit")
+    return b"".join(chunks)
+
+
+def check_folder_files(folder: Path, what: str) -> None:
+    """Before a library reads the folder ``folder`` (a model, tokenizer or VAE folder): every
+    entry must be a file or a folder (no FIFO a library would block on, no device, no symlink
+    loop), and its JSON/text files at most :data:`MODEL_TEXT_LIMIT` bytes. An
+    :class:`UnreadableFile` otherwise."""
+    try:
+        entries = sorted(Path(folder).iterdir())
+    except OSError as exc:
+        raise UnreadableFile(Path(folder), what, _os_reason(exc)) from None
+    for entry in entries:
+        try:
+            mode = os.stat(entry).st_mode
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:  # a dangling link: libraries treat it as absent
+                continue
+            raise UnreadableFile(entry, f"a file of {what}", _os_reason(exc)) from None
+        if stat.S_ISDIR(mode):
+            continue
+        text = entry.suffix.lower() in (".json", ".txt", ".model", ".yaml", ".yml")
+        problem = file_problem(entry, MODEL_TEXT_LIMIT if text else 1 << 62)
+        if problem is not None:
+            raise UnreadableFile(entry, f"a file of {what}", problem)
 
 
 def fsync(path: Path) -> None:
@@ -30,11 +152,16 @@ def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; anything else is a :class:`CorruptFileError`."""
+def read_json(path: Path, limit: int = JSON_LIMIT) -> dict[str, Any]:
+    """A JSON object from ``path`` (a regular file of at most ``limit`` bytes); anything else
+    is a :class:`CorruptFileError`."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value = json.loads(read_user_bytes(path, limit, "JSON file").decode("utf-8"))
+    except UnreadableFile as exc:
+        raise CorruptFileError(f"cannot read {path} as JSON: {exc.reason}") from None
+    except RecursionError:
+        raise CorruptFileError(f"cannot read {path} as JSON: nested too deeply") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also an int of 5000 digits
         raise CorruptFileError(f"cannot read {path} as JSON: {exc}") from None
     if not isinstance(value, dict):
         raise CorruptFileError(f"{path} does not hold a JSON object")

