@@ -237,6 +237,18 @@ def test_a_table_that_is_a_device_or_too_big_is_one_input_error(tmp_path):
             list_sources(tmp_path / "huge.jsonl")
 
 
+def test_a_table_row_naming_an_impossible_path_is_a_bad_row(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    rows = [{"path": "a" * 300 + ".png"}, {"path": "a\x00b.png"}, {"path": "pipe.png"}]
+    table = tmp_path / "t.jsonl"
+    table.write_text("".join(json.dumps({**r, "caption": "x"}) + "\n" for r in rows))
+    with deadline(10):
+        problems = {item.key[-8:]: item.problem for item in list_sources(table)}
+    assert problems["pipe.png"] == "not a file: 'pipe.png'"
+    assert problems["a\x00b.png"] == "cannot read file 'a\\x00b.png': embedded null byte"
+    assert problems["aaaa.png"].endswith(": file name too long")
+
+
 # -- the CLI under a memory limit, with stdin closed --------------------------------------------
 
 
