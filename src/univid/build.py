@@ -11,6 +11,7 @@ from torch import nn
 
 from univid.config import Config, ModelConfig, load_config_file
 from univid.errors import CorruptFileError, InputError
+from univid.files import atomic_write, writing
 from univid.model import DiTStream, EncoderStream
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -91,11 +92,21 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 def export_model_dir(
     name_or_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32
 ) -> Path:
-    """Copy a model (e.g. a run's EMA weights) to a plain model folder, optionally in fp16."""
-    cfg, model = load_model_dir(name_or_dir)
+    """Copy a model (e.g. a run's EMA weights) to a plain model folder, optionally in fp16.
+
+    Each file is written under a temporary name and renamed; a full disk is one line."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    cfg, model = load_model_dir(name_or_dir)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, out / "model.safetensors")
-    (out / "config.json").write_text(cfg.to_json(), encoding="utf-8")
+    try:
+        with writing(out):
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
+            atomic_write(
+                out / "config.json", lambda tmp: tmp.write_text(cfg.to_json(), encoding="utf-8")
+            )
+    except OSError as exc:
+        raise InputError(f"cannot write {exc.filename or out}: {exc.strerror}") from None
     return out

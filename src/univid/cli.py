@@ -451,6 +451,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("univid: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # torch's CheckpointException is a BaseException
+        from univid.files import causes, storage_error
+
+        if args.debug or isinstance(exc, (SystemExit, GeneratorExit)):
+            raise
+        if any(isinstance(e, KeyboardInterrupt) for e in causes(exc)):  # wrapped by a library
+            print("univid: interrupted", file=sys.stderr)
+            return 130
+        error = storage_error(exc)  # a full disk, wherever it was met, is one line
+        if error is None:
+            raise
+        print(f"univid: error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     return code
 
 

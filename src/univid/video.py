@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from univid.errors import InputError
+from univid.files import atomic_write, writing
 
 FORMATS = (".gif", ".mp4", ".png", ".npy")
 
@@ -57,27 +58,42 @@ def tile(videos: np.ndarray) -> np.ndarray:
 
 
 def save_video(video: np.ndarray, path: str | Path, fps: int = 8, scale: int = 1) -> Path:
-    """Write uint8 video (T, H, W, 3) to ``path``; the extension picks the format."""
+    """Write uint8 video (T, H, W, 3) to ``path``; the extension picks the format.
+
+    Written under a temporary name and renamed: a failure (a full disk is one line) leaves no
+    empty or partial file behind, and an older file at ``path`` stays whole until replaced."""
     path = check_output_path(path)
     suffix = path.suffix.lower()
+    if suffix != ".npy":
+        video = upscale(video, scale)
+    with writing(path):
+        atomic_write(path, lambda tmp: _write(video, tmp, suffix, fps))
+    return path
+
+
+def _write(video: np.ndarray, path: Path, suffix: str, fps: int) -> None:
+    """Write ``video`` to ``path`` in the format of ``suffix`` (``path`` may be named anyhow)."""
     if suffix == ".npy":
-        np.save(path, video)
-        return path
-    video = upscale(video, scale)
-    if suffix == ".png":
+        with open(path, "wb") as f:
+            np.save(f, video)
+    elif suffix == ".png":
         from PIL import Image
 
-        Image.fromarray(frame_grid(video[None])).save(path)
+        Image.fromarray(frame_grid(video[None])).save(path, format="PNG")
     elif suffix == ".gif":
         from PIL import Image
 
         frames = [Image.fromarray(f) for f in video]
         frames[0].save(
-            path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0
+            path,
+            format="GIF",
+            save_all=True,
+            append_images=frames[1:],
+            duration=round(1000 / fps),
+            loop=0,
         )
     else:
         _write_mp4(video, path, fps)
-    return path
 
 
 def _write_mp4(video: np.ndarray, path: Path, fps: int) -> None:
@@ -86,7 +102,7 @@ def _write_mp4(video: np.ndarray, path: Path, fps: int) -> None:
     # yuv420p needs even sizes; pad with black rather than fail.
     T, H, W, _ = video.shape
     video = np.pad(video, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = video.shape[2], video.shape[1]
         stream.pix_fmt = "yuv420p"

@@ -24,6 +24,8 @@ import os
 import random
 import shutil
 import signal
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,23 +48,63 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_state_dict,
 )
+from tqdm.auto import tqdm
 
-from univid.errors import CorruptFileError, InputError
-from univid.files import atomic_write, fsync, read_json
+from univid.errors import ConfigError, CorruptFileError, InputError
+from univid.files import atomic_write, causes, fsync, read_json, storage_error, writing
 from univid.parallel import Dist
 
 MARKER = "COMPLETE"
 FORMAT = 2
 CRASH_ENV = "UNIVID_CRASH_AT"
+INTERRUPT_ENV = "UNIVID_INTERRUPT_AT"
+# Signals that wait while a checkpoint is written: Ctrl-C, and the polite stop of schedulers
+# (which send SIGKILL only after a grace period). The checkpoint is safe either way (it is
+# published by a rename); waiting means the steps it holds are not lost.
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def crash_point(point: str, step: int) -> None:
     """Fault injection for crash tests, as torchft does: ``UNIVID_CRASH_AT=POINT:STEP`` kills this
-    process with SIGKILL when it reaches POINT at STEP. Points: ``step`` (after step STEP is
-    logged), ``checkpoint`` (shards written, no marker yet), ``published`` (checkpoint renamed,
-    before the weights export and the pruning of old checkpoints)."""
+    process with SIGKILL when it reaches POINT at STEP, ``UNIVID_INTERRUPT_AT=POINT:STEP`` sends
+    it SIGINT (Ctrl-C) there. Points: ``step`` (after step STEP is logged), ``checkpoint``
+    (shards written, no marker yet), ``published`` (checkpoint renamed, before the weights export
+    and the pruning of old checkpoints)."""
     if os.environ.get(CRASH_ENV) == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(INTERRUPT_ENV) == f"{point}:{step}":
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+@contextmanager
+def deferred_signals(step: int) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them as they would have been:
+    a checkpoint being written is finished first. A second Ctrl-C stops at once (the temporary
+    folder is removed; the older checkpoints are intact). Main thread only: Python delivers
+    signals there, and only there may handlers be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in received:
+            raise KeyboardInterrupt
+        if not received:
+            tqdm.write(  # on a line of its own, above the progress bar
+                f"univid: finishing checkpoint {step} before stopping (Ctrl-C again to stop now)",
+                file=sys.stderr,
+            )
+        received.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in DEFERRED_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    for s in dict.fromkeys(received):  # now delivered to the handlers the run had
+        signal.raise_signal(s)
 
 
 def _tensor_state(
@@ -120,7 +162,40 @@ def save_checkpoint(
     config_json: str,
     keep_last: int,
 ) -> Path:
-    """Write checkpoint ``trainer_state['step']`` (a collective: every rank calls it)."""
+    """Write checkpoint ``trainer_state['step']`` (a collective: every rank calls it).
+
+    Ctrl-C and SIGTERM wait until it is written. When it fails (a full disk is one line naming
+    the file), its temporary folder is removed and the older checkpoints stay as they were."""
+    step = int(trainer_state["step"])
+    tmp = run_dir / "checkpoints" / f".tmp_step_{step:08d}"
+    with deferred_signals(step):
+        try:
+            return _save_checkpoint(
+                run_dir, info, model, ema, optimizer, trainer_state, config_json, keep_last
+            )
+        except BaseException as exc:
+            if info.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            error = storage_error(exc, tmp)
+            if error is not None:
+                raise error from None
+            if not isinstance(exc, KeyboardInterrupt) and any(
+                isinstance(e, KeyboardInterrupt) for e in causes(exc)
+            ):  # DCP wraps an interrupt that lands inside it
+                raise KeyboardInterrupt from None
+            raise
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    info: Dist,
+    model: nn.Module,
+    ema: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    config_json: str,
+    keep_last: int,
+) -> Path:
     root = run_dir / "checkpoints"
     step = int(trainer_state["step"])
     final = root / f"step_{step:08d}"
@@ -167,7 +242,8 @@ def export_weights(run_dir: Path, info: Dist, module: nn.Module, config_json: st
     )
     if info.main:
         state = {k: v.contiguous() for k, v in full.items()}
-        atomic_write(run_dir / "model.safetensors", lambda p: save_file(state, p))
+        with writing(run_dir / "model.safetensors"):
+            atomic_write(run_dir / "model.safetensors", lambda p: save_file(state, p))
         atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
 
 
@@ -184,6 +260,75 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = complete_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+# Config keys a resumed run may change: how long it runs, how often it logs, validates, samples
+# and saves, where and how fast it computes, how it samples its previews. The others define the
+# model, its data stream or its optimisation; train.batch_size and train.grad_accum may change
+# only with the number of ranks, keeping the global batch (the data stream) the same.
+RESUMABLE = (
+    "train.steps",
+    "train.log_every",
+    "train.sample_every",
+    "train.ckpt_every",
+    "train.val_every",
+    "train.val_clips",
+    "train.keep_last",
+    "train.max_nonfinite",
+    "train.spike_factor",
+    "train.threads",
+    "train.device",
+    "train.precision",
+    "train.activation_checkpointing",
+    "train.compile",
+    "data.prefetch",
+    "data.max_bad_fraction",
+    "flow.sample_steps",
+    "flow.solver",
+    "flow.step_cache",
+    "flow.shift",
+    "flow.guidance",
+    "parallel.",
+)
+BATCH_KEYS = ("train.batch_size", "train.grad_accum")
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume(path: Path, config_json: str, global_batch: int) -> None:
+    """Refuse, in one line listing them, config changes that a resume from checkpoint ``path``
+    would make silently: anything but the :data:`RESUMABLE` keys, and a new global batch."""
+    if not (path / "config.json").is_file():
+        return
+    saved = _flat(read_json(path / "config.json"))
+    now = _flat(json.loads(config_json))
+    changed = [
+        k
+        for k in sorted(saved.keys() | now.keys())
+        if saved.get(k) != now.get(k) and not k.startswith(RESUMABLE)
+    ]
+    meta = read_json(path / "trainer.json") if (path / "trainer.json").is_file() else {}
+    if meta.get("global_batch", global_batch) == global_batch:
+        changed = [k for k in changed if k not in BATCH_KEYS]
+    elif not any(k in BATCH_KEYS for k in changed):
+        changed.append("the global batch (ranks x train.batch_size x train.grad_accum)")
+    if changed:
+        what = ", ".join(
+            f"{k} {saved[k]!r} -> {now[k]!r}" if k in saved and k in now else k for k in changed
+        )
+        raise ConfigError(
+            f"cannot resume from {path}: {what} changed since it was saved, which would change "
+            "the run without a word; resume without these changes, or start a new run in "
+            "another --out"
+        )
 
 
 def load_checkpoint(

@@ -11,6 +11,7 @@ until the loop's next host event (a metrics row, checkpoint, sample or validatio
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -22,18 +23,26 @@ from tqdm.auto import tqdm
 from univid.config import Config
 from univid.data.cache import CacheDataset
 from univid.device import autocast, autocast_dtype
-from univid.errors import ConfigError, InputError
+from univid.errors import ConfigError, InputError, UnividError
 from univid.flow import flow_loss_per_sample
 from univid.parallel import init_distributed, parallelize, unwrap
 from univid.text import TextEncoder
 from univid.train.batches import Batches, BatchPlan, GlobalBatch, MicroBatch, open_dataset
-from univid.train.checkpoint import crash_point, latest_checkpoint, load_checkpoint, save_checkpoint
+from univid.train.checkpoint import (
+    check_resume,
+    crash_point,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from univid.train.guards import Pending, UpdateGuard, check_bad_fraction
 from univid.train.metrics import Interval, append_log, start_run
 from univid.train.optim import ema_update, lr_factor, make_optimizer, rewind
 from univid.train.previews import Previews
 
 __all__ = ["Trainer", "lr_factor"]
+
+EXTRAS_LOG = "extras.log"  # validation or samples that failed and were skipped
 
 
 class Trainer:
@@ -84,6 +93,7 @@ class Trainer:
         self.samples_seen = 0  # stream positions consumed
         self.skipped = 0  # samples skipped as bad, over all ranks
         self.interval = Interval(self.device)  # loss and grad norm since the last row
+        self.failed_extras: set[str] = set()  # extras that failed (said once on stderr)
 
     @property
     def text(self) -> TextEncoder:
@@ -106,7 +116,11 @@ class Trainer:
         """Continue from the newest complete checkpoint of the run folder."""
         path = latest_checkpoint(self.run_dir)
         if path is None:
-            raise InputError(f"no complete checkpoint to resume from in {self.run_dir}")
+            raise InputError(
+                f"no complete checkpoint to resume from in {self.run_dir}: it stopped before its "
+                "first; start it over (train without resume)"
+            )
+        check_resume(path, self.cfg.to_json(), self.global_batch)
         meta = load_checkpoint(path, self.dist, self.model, self.ema, self.optimizer)
         self.scheduler.load_state_dict(meta["scheduler"])
         self.step, self.samples_seen = int(meta["step"]), int(meta["samples_seen"])
@@ -257,10 +271,14 @@ class Trainer:
                             logger.log(row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}")
                     crash_point("step", self.step)
-                    if t.sample_every and self.step % t.sample_every == 0:
-                        self.previews.write_samples(self.ema, self.run_dir, self.step)
+                    # The checkpoint first: samples are extras, and must never cost trained steps.
                     if self.step % t.ckpt_every == 0 or self.step == t.steps:
                         self.save()
+                    if t.sample_every and self.step % t.sample_every == 0:
+                        self.extra(
+                            "samples",
+                            lambda: self.previews.write_samples(self.ema, self.run_dir, self.step),
+                        )
                 else:
                     crash_point("step", self.step)
         finally:
@@ -299,8 +317,35 @@ class Trainer:
             nonfinite=self.nonfinite,
         )
         if self._validate() and (self.dist.main or self.dist.mode == "fsdp"):
-            row.update(self.previews.validation_losses(self.net, self.ema, self.amp))
+            losses = self.extra(
+                "validation", lambda: self.previews.validation_losses(self.net, self.ema, self.amp)
+            )
+            row.update(losses or {})
         return row
+
+    def extra(self, name: str, work: Callable[[], Any]) -> Any:
+        """Run ``work``, an extra of a step (validation, samples); when it fails (a bad prompt,
+        out of memory, a full disk), skip it, log it to extras.log, say so on stderr the first
+        time, and go on: an extra must never cost trained steps. Returns None when skipped.
+
+        (It runs before the step's checkpoint only when its result is part of the step's
+        metrics row, which must be logged before the checkpoint that covers it.)"""
+        try:
+            return work()
+        except (UnividError, RuntimeError, MemoryError, OSError) as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            why = " ".join(str(exc).split())[:500] or type(exc).__name__
+            line = f"step {self.step} rank {self.dist.rank}: {name} skipped: {why}"
+            append_log(self.run_dir, EXTRAS_LOG, [line])
+            if self.dist.main and name not in self.failed_extras:
+                tqdm.write(  # on a line of its own, above the progress bar
+                    f"univid: {line}; training goes on (further failures only in "
+                    f"{self.run_dir / EXTRAS_LOG})",
+                    file=sys.stderr,
+                )
+            self.failed_extras.add(name)
+            return None
 
     def save(self) -> Path:
         state = {

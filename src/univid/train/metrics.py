@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from univid.errors import InputError
-from univid.files import atomic_write
+from univid.files import atomic_write, storage_error, writing
 
 METRICS = [
     "step",
@@ -41,37 +41,55 @@ def append_log(run_dir: Path, name: str, lines: list[str]) -> None:
     """Append lines to a log file of the run folder (each rank writes its own lines)."""
     if not lines:
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / name).open("a", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
+    with writing(run_dir / name):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / name).open("a", encoding="utf-8") as f:
+            f.writelines(line + "\n" for line in lines)
+
+
+HEADER = ",".join(METRICS)
 
 
 def trim_metrics(path: Path, step: int) -> None:
-    """Drop the rows after ``step``: a crashed attempt logged them, the resumed run redoes them."""
+    """Make metrics.csv fit to append to at ``step``: drop the rows a crashed attempt logged past
+    ``step`` (the resumed run redoes them), a last row cut short (a crash or a full disk in the
+    middle of a write), and put back a header that is missing or cut short."""
     if not path.is_file():
         return
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    kept = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
-    if len(kept) < len(rows):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    lines.pop()  # "" after the last complete line, or a line cut short
+    header = lines[:1] if lines and lines[0].startswith("step,") else [HEADER]
+    kept = [
+        line
+        for line in lines[1 if header == lines[:1] else 0 :]
+        if _row_step(line) is not None and _row_step(line) <= step
+    ]
+    repaired = "".join(line + "\n" for line in header + kept)
+    if repaired != text:
+        atomic_write(path, lambda tmp: tmp.write_text(repaired, encoding="utf-8"))
 
-        def write(tmp: Path) -> None:
-            with tmp.open("w", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerows(kept)
 
-        atomic_write(path, write)
+def _row_step(line: str) -> int | None:
+    """The step of a complete metrics row, or None for anything else."""
+    fields = next(csv.reader([line]), [])
+    try:
+        return int(float(fields[0])) if len(fields) == len(METRICS) else None
+    except (ValueError, IndexError):
+        return None
 
 
 class MetricsLogger:
     """metrics.csv always; TensorBoard too when it is installed."""
 
     def __init__(self, run_dir: Path) -> None:
-        path = run_dir / "metrics.csv"
-        new = not path.exists()
+        self.path = path = run_dir / "metrics.csv"
+        new = not path.exists() or path.stat().st_size == 0
         self.file = path.open("a", newline="", encoding="utf-8")
         self.writer = csv.DictWriter(self.file, fieldnames=METRICS, restval="")
         if new:
             self.writer.writeheader()
+            self.file.flush()
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -80,15 +98,19 @@ class MetricsLogger:
             self.tb = None
 
     def log(self, row: dict[str, float]) -> None:
-        self.writer.writerow(row)
-        self.file.flush()
+        with writing(self.path):
+            self.writer.writerow(row)
+            self.file.flush()
         if self.tb is not None:
             for key in TENSORBOARD:
                 if key in row:
                     self.tb.add_scalar(f"train/{key}", row[key], row["step"])
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # a row that could not be written has already failed the run: say it once
+            pass
         if self.tb is not None:
             self.tb.close()
 
@@ -98,11 +120,16 @@ def start_run(run_dir: Path, config_json: str, step: int) -> MetricsLogger:
     open metrics.csv for appending."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(config_json, encoding="utf-8")
+        atomic_write(
+            run_dir / "config.json", lambda tmp: tmp.write_text(config_json, encoding="utf-8")
+        )
         trim_metrics(run_dir / "metrics.csv", step)
+        return MetricsLogger(run_dir)
     except OSError as exc:
+        error = storage_error(exc)
+        if error is not None:
+            raise error from None
         raise InputError(f"cannot write the run folder {run_dir}: {exc.strerror}") from None
-    return MetricsLogger(run_dir)
 
 
 class Interval:

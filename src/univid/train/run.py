@@ -1,12 +1,23 @@
 """Starting a training run: its data and config, a new run or a resumed one, on one or many ranks.
 
-The policy of ``univid train`` lives here, not in the CLI: a fresh run needs an empty folder; a
-run is resumed from its newest complete checkpoint; ``--resume latest`` does either.
+The policy of ``univid train`` lives here, not in the CLI: a fresh run needs an empty folder (or
+one left by a run that stopped before its first checkpoint, which is started over); a run is
+resumed from its newest complete checkpoint; ``--resume latest`` does either. A run holds a lock
+on its folder for its whole life, so a second run into the same folder is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shlex
+import shutil
+import socket
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +26,85 @@ from univid.errors import InputError
 from univid.parallel import close_distributed, torchrun_rank
 from univid.train.checkpoint import latest_checkpoint
 from univid.train.loop import Trainer
+
+LOCK = ".lock"
+# What a run writes before its first checkpoint. A folder holding only these, with no complete
+# checkpoint, is a run that stopped before it saved anything: nothing trained is in it.
+EARLY_FILES = frozenset(
+    {
+        "config.json",
+        "metrics.csv",
+        "tensorboard",
+        "samples",
+        "checkpoints",
+        "skipped.log",
+        "anomalies.log",
+        "extras.log",
+    }
+)
+
+_held: dict[str, tuple[int, int, int]] = {}  # run folder -> (lock fd, holding thread, depth)
+_held_guard = threading.Lock()
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold the run folder's lock (``RUN/.lock``, an OS lock: released on exit, crash or
+    SIGKILL) for the block; refuse with one line naming the holder when another run has it.
+
+    Reentrant within a thread (``start_or_resume`` and ``train`` both hold it). Under torchrun
+    only rank 0 takes it: the other ranks follow rank 0 and fail with it."""
+    if torchrun_rank() != 0:
+        yield
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key = str(run_dir.resolve())
+    except OSError as exc:
+        raise InputError(f"cannot write the run folder {run_dir}: {exc.strerror}") from None
+    me = threading.get_ident()
+    with _held_guard:
+        held = _held.get(key)
+        if held is not None and held[1] == me:
+            _held[key] = (held[0], me, held[2] + 1)
+    if held is not None:
+        if held[1] != me:
+            raise InputError(f"{run_dir} is in use by another run in this process")
+        try:
+            yield
+        finally:
+            with _held_guard:
+                fd, owner, depth = _held[key]
+                _held[key] = (fd, owner, depth - 1)
+        return
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot write the run folder {run_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "starting"
+        os.close(fd)
+        raise InputError(
+            f"{run_dir} is in use by another run ({holder}); wait for it to end or choose "
+            "another --out"
+        ) from None
+    try:  # who holds it, for the message above (best effort: a full disk must not stop us)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        info = f"pid {os.getpid()} on host {socket.gethostname()} since {since}\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+    except OSError:
+        pass
+    with _held_guard:
+        _held[key] = (fd, me, 1)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        os.close(fd)  # releases the lock; the file stays (deleting it would race)
 
 
 def train(
@@ -27,17 +117,19 @@ def train(
     """Train ``cfg`` into ``run_dir`` (or continue it); returns the last metrics row.
 
     Under torchrun every rank calls this; ``cfg.parallel.mode`` says how they share the work.
-    ``dataset`` replaces the config's data (see :func:`univid.train.batches.open_dataset`)."""
-    trainer = Trainer(cfg, Path(run_dir), progress=progress, dataset=dataset)
-    try:
-        if resume:
-            path = trainer.resume()
-            if trainer.dist.main and progress:
-                print(f"univid: resuming from {path} (step {trainer.step})", file=sys.stderr)
-        return trainer.run()
-    finally:
-        trainer.close()
-        close_distributed(trainer.dist)
+    ``dataset`` replaces the config's data (see :func:`univid.train.batches.open_dataset`).
+    The run folder is locked while it trains (see :func:`run_lock`)."""
+    with run_lock(Path(run_dir)):
+        trainer = Trainer(cfg, Path(run_dir), progress=progress, dataset=dataset)
+        try:
+            if resume:
+                path = trainer.resume()
+                if trainer.dist.main and progress:
+                    print(f"univid: resuming from {path} (step {trainer.step})", file=sys.stderr)
+            return trainer.run()
+        finally:
+            trainer.close()
+            close_distributed(trainer.dist)
 
 
 def start_or_resume(
@@ -47,29 +139,93 @@ def start_or_resume(
 
     - ``--resume DIR``: continue DIR from its newest complete checkpoint (overrides apply);
     - ``--resume latest --out DIR``: continue DIR if it has a checkpoint, else start it;
-    - otherwise start CONFIG in ``--out DIR``, which must be new or empty."""
+    - otherwise start CONFIG in ``--out DIR``, which must be new or empty, or hold only a run
+      that stopped before its first checkpoint (it is started over)."""
     if resume == "latest":
         if out is None:
             raise InputError("--resume latest needs --out DIR")
-        if latest_checkpoint(Path(out)) is not None:
-            resume = out
-        elif config is None:
-            raise InputError(f"{out} has no complete checkpoint and no CONFIG_OR_PRESET given")
-        else:
-            return train(resolve_config(config, overrides), Path(out))
+        run_dir = _folder(out)
+        with run_lock(run_dir):
+            if latest_checkpoint(run_dir) is not None:
+                return _resume(run_dir, overrides)
+            if config is None:
+                raise InputError(
+                    f"{out} has no complete checkpoint and no CONFIG_OR_PRESET given; start it "
+                    f"with: {_command(str(run_dir / 'config.json'), run_dir, overrides)}"
+                    if (run_dir / "config.json").is_file()
+                    else f"{out} has no complete checkpoint and no CONFIG_OR_PRESET given"
+                )
+            return train(resolve_config(config, overrides), run_dir)
     if resume:
         run_dir = Path(resume)
         if not (run_dir / "config.json").is_file():
             raise InputError(f"cannot resume: {run_dir} is not a training run (no config.json)")
-        cfg = apply_overrides(load_config_file(run_dir / "config.json"), overrides)
-        return train(cfg, run_dir, resume=True)
+        with run_lock(run_dir):
+            return _resume(run_dir, overrides)
     if config is None or out is None:
         raise InputError("train needs CONFIG_OR_PRESET and --out DIR (or --resume DIR)")
     cfg = resolve_config(config, overrides)
+    run_dir = _folder(out)
+    with run_lock(run_dir):
+        # Under torchrun only rank 0 checks: the others could already see its new run folder.
+        if torchrun_rank() == 0:
+            _claim(run_dir)
+        return train(cfg, run_dir)
+
+
+def _folder(out: str) -> Path:
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"--out {run_dir} is a file, not a folder")
-    # Under torchrun only rank 0 checks: the others could already see its new run folder.
-    if torchrun_rank() == 0 and run_dir.exists() and any(run_dir.iterdir()):
+    return run_dir
+
+
+def _command(config: str, run_dir: Path, overrides: list[str]) -> str:
+    return shlex.join(["univid", "train", config, "--out", str(run_dir), *overrides])
+
+
+def _resume(run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    if latest_checkpoint(run_dir) is None:
+        raise InputError(
+            f"cannot resume {run_dir}: it has no complete checkpoint (it stopped before its "
+            "first, so nothing trained is lost by starting over); start it over with: "
+            f"{_command(str(run_dir / 'config.json'), run_dir, overrides)}"
+        )
+    cfg = apply_overrides(load_config_file(run_dir / "config.json"), overrides)
+    return train(cfg, run_dir, resume=True)
+
+
+def _claim(run_dir: Path) -> None:
+    """Make sure a fresh run may use ``run_dir`` (the caller holds its lock)."""
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK]
+    if not entries:
+        return
+    if latest_checkpoint(run_dir) is not None:
         raise InputError(f"{run_dir} is not empty; use --resume {run_dir} to continue that run")
-    return train(cfg, run_dir)
+    if not _stopped_before_first_checkpoint(run_dir, entries):
+        raise InputError(
+            f"{run_dir} is not empty and holds no univid run; choose a new or empty --out"
+        )
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    print(
+        f"univid: {run_dir} held a run that stopped before its first checkpoint (nothing trained "
+        "to keep); starting it over",
+        file=sys.stderr,
+    )
+
+
+def _stopped_before_first_checkpoint(run_dir: Path, entries: list[Path]) -> bool:
+    """Whether ``run_dir`` holds only what a run writes before its first checkpoint."""
+    if not (run_dir / "config.json").is_file():
+        return False
+    for p in entries:
+        if p.name == "checkpoints":
+            if not p.is_dir() or any(not c.name.startswith(".tmp_step_") for c in p.iterdir()):
+                return False
+        elif p.name not in EARLY_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp")):
+            return False
+    return True
