@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import av
@@ -16,6 +17,7 @@ from media import DATASET, make_bad_media, make_dataset, make_video
 
 from univid.cli import main
 from univid.config import resolve_config
+from univid.data import BadSample
 from univid.data.cache import CacheDataset
 from univid.data.decode import ClipSpec, read_clip
 from univid.text import TextEncoder
@@ -169,6 +171,16 @@ def test_a_damaged_shard_is_skipped_and_counted(pixel_cache, tmp_path):
     log = (run / "skipped.log").read_text()
     assert "cannot read cache shard shard_00000.safetensors" in log
 
+
+
+def test_a_shard_that_is_a_fifo_is_a_bad_sample_not_a_hang(pixel_cache, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(pixel_cache, cache)
+    shard = cache / "shard_00000.safetensors"
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(BadSample, match="FIFO"):
+        CacheDataset(cache)[0]
 
 def test_prepare_train_generate_with_wan_and_t5(tmp_path, capsys):
     """End to end on latents: a diffusers AutoencoderKLWan and a T5 encoder, both loaded from

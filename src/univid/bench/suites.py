@@ -122,9 +122,12 @@ def token_sweep(bench: Bench, settings: BenchSettings) -> None:
 
 def read_rows(source: Path) -> list[dict]:
     """The JSON lines of an earlier run (``--jsonl``)."""
+    from univid.files import JSON_LIMIT, read_user_bytes
+
+    text = read_user_bytes(source, JSON_LIMIT, "bench lines").decode("utf-8", "replace")
     try:
-        return [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return [json.loads(line) for line in text.split("\n") if line.strip()]
+    except (ValueError, RecursionError) as exc:
         raise InputError(f"cannot read bench lines from {source}: {exc}") from None
 
 

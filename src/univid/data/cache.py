@@ -37,7 +37,7 @@ from univid.data.decode import ClipSpec, probe, read_clip
 from univid.data.sources import SourceItem, list_sources
 from univid.device import DTYPES
 from univid.errors import InputError
-from univid.files import atomic_write, read_json
+from univid.files import atomic_write, file_problem, read_json
 
 FORMAT = 1
 
@@ -367,6 +367,9 @@ class CacheDataset:
         if name not in self._shards:
             from safetensors import safe_open
 
+            problem = file_problem(self.folder / name, 1 << 62)  # never open a FIFO
+            if problem is not None:
+                raise BadSample(f"cannot read cache shard {name}: {problem}")
             try:
                 self._shards[name] = safe_open(self.folder / name, framework="pt")
             except Exception as exc:  # safetensors raises several types for damaged files
