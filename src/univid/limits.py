@@ -54,6 +54,9 @@ class Range:
 # Seeds of the noise and the data stream. torch.Generator takes [0, 2**64), but training mixes
 # the seed with the stream position (seed * 1_000_003 + position), so 32 bits are what fits.
 SEED = Range(0, 2**32 - 1)
+# Tokens of one clip's stream (video patches + text): beyond this even counting FLOPs on the
+# meta device overflows, and no machine holds the attention.
+TOKENS = Range(1, 2**24)
 # Videos of one `generate` call: one batch (the memory check judges whether it fits).
 NUM_VIDEOS = Range(1, 4096)
 # Nearest-neighbour upscaling of written videos; the upscaled frame must also fit, see

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from univid.errors import ConfigError
-from univid.limits import FRACTION, SEED, THREADS, Range
+from univid.limits import FRACTION, SEED, THREADS, TOKENS, Range
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,7 +273,7 @@ RANGES: dict[str, Range] = {
     "text.max_length": Range(1, 8_192),
     "flow.logit_mean": Range(-20, 20, real=True),
     "flow.logit_std": Range(0, 20, real=True, lo_open=True),
-    "flow.sample_steps": Range(1, 100_000),
+    "flow.sample_steps": Range(1, 10_000),
     "flow.step_cache": Range(0, 1_000, real=True),
     "flow.shift": Range(1e-3, 1e3, real=True),
     "flow.guidance": Range(0, 1_000, real=True),
@@ -293,7 +294,7 @@ RANGES: dict[str, Range] = {
     "train.seed": SEED,
     "train.log_every": STEPS,
     "train.sample_every": EVERY,
-    "train.ckpt_every": EVERY,
+    "train.ckpt_every": STEPS,
     "train.val_every": EVERY,
     "train.val_clips": Range(1, 4_096),
     "train.keep_last": Range(1, 1_000_000),
@@ -335,8 +336,16 @@ def _check_shapes(cfg: Config) -> None:
             f"dit needs an even head size >= 6 for 3-D RoPE, width/heads = {m.width}/{m.heads}",
             m.heads,
         )
-    if d.autoencoder != "pixel":
-        return  # the latent shape is checked against the patch once the autoencoder is loaded
+    video = math.prod(n // p for n, p in zip((d.frames, d.height, d.width), m.patch))
+    _check(
+        video + cfg.text.max_length in TOKENS,
+        "data.frames",
+        f"the clip's tokens (video {video} + text) must be {TOKENS.describe()}",
+        d.frames,
+    )
+    if d.autoencoder != "pixel" or d.cache:
+        return  # channels and latent shape are checked once the autoencoder or cache is read
+    _check(m.in_channels == 3, "model.in_channels", "pixel models see RGB: 3", m.in_channels)
     for name, size, p in zip(("frames", "height", "width"), (d.frames, d.height, d.width), m.patch):
         _check(
             size % p == 0,
