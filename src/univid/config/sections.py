@@ -327,6 +327,12 @@ def _check_ranges(cfg: Config) -> None:
 def _check_shapes(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
     _check(len(m.patch) == 3, "model.patch", "three sizes", m.patch)
+    _check(
+        m.mlp_ratio * m.width >= 2,
+        "model.mlp_ratio",
+        f"the MLP needs a hidden size of 2 or more (mlp_ratio x width {m.width})",
+        m.mlp_ratio,
+    )
     _check(m.width % m.heads == 0, "model.heads", f"must divide model.width={m.width}", m.heads)
     if m.backbone == "dit":
         head = m.width // m.heads
