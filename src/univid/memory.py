@@ -87,8 +87,8 @@ def activations(cfg: Config, batch: int, grad: bool) -> int:
     per_block = n * (PER_BLOCK_WIDTH * m.width + PER_BLOCK_HIDDEN * hidden)
     if grad:  # every block's tensors are kept for the backward pass (one block's, recomputed)
         kept = 2 if cfg.train.activation_checkpointing else m.depth
-    else:  # a block's tensors are freed once the next one has run
-        kept = 2
+    else:  # without gradients a block's tensors are freed as soon as it has run
+        kept = 1
     return FLOAT * batch * kept * per_block
 
 
