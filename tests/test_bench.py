@@ -95,10 +95,11 @@ def test_bad_suite_is_one_line_error(capsys):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("repeats", 0, "bench repeats must be an integer >= 1, got 0"),
-        ("frames", -2, "bench frames must be an integer >= 1, got -2"),
-        ("threads", -1, "bench threads must be >= 0"),
-        ("sweep_max_gb", 0.0, "bench sweep_max_gb must be > 0"),
+        ("repeats", 0, "bench repeats must be an integer in [1, 100000], got 0"),
+        ("frames", -2, "bench frames must be an integer in [1, 8192], got -2"),
+        ("threads", -1, "bench threads must be an integer in [0, 256]"),
+        ("sweep_max_gb", 0.0, "bench sweep_max_gb must be a number in (0, 1e+06]"),
+        ("sweep_max_gb", float("inf"), "bench sweep_max_gb must be a number in (0, 1e+06]"),
         ("suites", ("steps", "nope"), "unknown suite(s) nope: choose from steps, attention"),
         ("suites", (), "no suite chosen"),
         ("suites", "steps", "bench suites must be a tuple of names"),

@@ -172,7 +172,6 @@ def test_a_damaged_shard_is_skipped_and_counted(pixel_cache, tmp_path):
     assert "cannot read cache shard shard_00000.safetensors" in log
 
 
-
 def test_a_shard_that_is_a_fifo_is_a_bad_sample_not_a_hang(pixel_cache, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(pixel_cache, cache)
@@ -181,6 +180,7 @@ def test_a_shard_that_is_a_fifo_is_a_bad_sample_not_a_hang(pixel_cache, tmp_path
     os.mkfifo(shard)
     with pytest.raises(BadSample, match="FIFO"):
         CacheDataset(cache)[0]
+
 
 def test_prepare_train_generate_with_wan_and_t5(tmp_path, capsys):
     """End to end on latents: a diffusers AutoencoderKLWan and a T5 encoder, both loaded from

@@ -59,10 +59,23 @@ def load_model_dir(name_or_dir: str | Path) -> tuple[Config, nn.Module]:
         if not needed.is_file():
             raise InputError(f"model folder {path} has no {needed.name}")
     cfg = load_config_file(config_path)
-    model = build_model(cfg.model)
     state = read_safetensors(weights_path)
+    check_finite(state, weights_path)
+    # The config's shapes are checked on the meta device first: a config.json that names a
+    # huge model never allocates it unless the weights file holds its weights.
+    with torch.device("meta"):
+        check_state(build_model(cfg.model), state, weights_path)
+    model = build_model(cfg.model)
     load_state_strict(model, state, weights_path)
     return cfg, model.eval()
+
+
+def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights with a NaN or an infinity (they make every video black): one pass over
+    the tensors, about as fast as reading them."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CorruptFileError(f"weights in {source} are not finite (first: {name})")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -74,8 +87,8 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CorruptFileError(f"cannot read {path} as safetensors: {exc}") from None
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load weights, failing with one clear line when they do not fit the configured model."""
+def check_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Fail with one clear line when the weights do not fit the configured model."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -86,6 +99,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
             f"weights in {source} do not match its config: {len(missing)} missing, "
             f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors (first: {first})"
         )
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, failing with one clear line when they do not fit the configured model."""
+    check_state(model, state, source)
     model.load_state_dict(state)
 
 

@@ -12,9 +12,13 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from univid import limits
+from univid.config.sections import RANGES
 from univid.errors import InputError, UnividError
+from univid.limits import Range
 
 
 class Choices:
@@ -47,6 +51,22 @@ DEVICES = Choices("univid.device", "DEVICES")
 DTYPES = Choices("univid.device", "DTYPES")
 PADDING = Choices("univid.text.encoder", "PADDING")
 RESIZE_MODES = Choices("univid.data.decode", "RESIZE_MODES")
+
+
+def _number(allowed: Range | str) -> Callable[[str], int | float]:
+    """An argparse type: a number in ``allowed`` (a :class:`Range` or a config key, whose range
+    the option shares). NaN, infinities and numbers out of range are argparse's own one-line
+    error (exit 2), before anything runs."""
+    allowed = RANGES[allowed] if isinstance(allowed, str) else allowed
+
+    def parse(text: str) -> int | float:
+        value = float(text) if allowed.real else int(text)
+        if value not in allowed:
+            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {text}")
+        return value
+
+    parse.__name__ = "float" if allowed.real else "int"  # argparse names it in its errors
+    return parse
 
 
 def _add_choice(
@@ -142,8 +162,7 @@ def _eval(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
-    if args.seed_offset < 0:
-        raise InputError(f"--seed-offset must be >= 0, got {args.seed_offset}")
+    limits.SEED.check("--seed-offset + --seeds - 1", args.seed_offset + args.seeds - 1)
     report, videos = evaluate(
         _pipeline(args),
         model=str(args.model),
@@ -181,12 +200,23 @@ def _sampling(args: argparse.Namespace) -> dict:
     return {"shift": args.shift, "solver": args.solver, "step_cache": args.step_cache}
 
 
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--steps", type=_number("flow.sample_steps"), help="sampling steps (default: the model's)"
+    )
+    p.add_argument(
+        "--guidance", type=_number("flow.guidance"), help="classifier-free guidance scale"
+    )
+
+
 def _add_speed_options(p: argparse.ArgumentParser) -> None:
     _add_choice(p, "--solver", SOLVERS, help="ODE solver (default: the model's)")
-    p.add_argument("--shift", type=float, help="time shift of the step schedule (1 = uniform)")
+    p.add_argument(
+        "--shift", type=_number("flow.shift"), help="time shift of the step schedule (1 = uniform)"
+    )
     p.add_argument(
         "--step-cache",
-        type=float,
+        type=_number("flow.step_cache"),
         metavar="T",
         help="skip the blocks while their input changed less than T in total (0 = off)",
     )
@@ -288,35 +318,46 @@ def _export(args: argparse.Namespace) -> None:
     print(export_model_dir(args.model, args.out, DTYPES[args.dtype]))
 
 
-# Integer options that must be >= 1 when given (bench options are checked by BenchSettings).
-POSITIVE_OPTIONS = (
-    "steps num seeds scale batch_size frames height width text_len max_length shard_size "
-    "max_source_pixels"
-).split()
-
-
 def _add_prepare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="folder of videos/images with .txt captions, or a .csv/.jsonl table")
     p.add_argument("--out", help="cache folder (rerun the same command to resume)")
     p.add_argument("--check", action="store_true", help="only list unusable clips and why")
     p.add_argument("--autoencoder", default="pixel", help="'pixel' or a local diffusers folder")
     p.add_argument("--text-encoder", default="minilm", help="'minilm' or a local HF folder")
-    p.add_argument("--max-length", type=int, default=32, help="caption tokens kept")
+    p.add_argument(
+        "--max-length", type=_number("text.max_length"), default=32, help="caption tokens kept"
+    )
     _add_choice(p, "--padding", PADDING, default="longest")
-    p.add_argument("--frames", type=int, default=8, help="frames per clip (one bucket)")
-    p.add_argument("--height", type=int, default=32)
-    p.add_argument("--width", type=int, default=32)
+    p.add_argument(
+        "--frames", type=_number("data.frames"), default=8, help="frames per clip (one bucket)"
+    )
+    p.add_argument("--height", type=_number("data.height"), default=32)
+    p.add_argument("--width", type=_number("data.width"), default=32)
     p.add_argument(
         "--buckets", help="FxHxW,... shapes to group clips into (default: frames x height x width)"
     )
-    p.add_argument("--fps", type=float, default=8.0, help="frame rate clips are resampled to")
-    p.add_argument("--stride", type=int, default=0, help="take every N-th frame instead of --fps")
+    p.add_argument(
+        "--fps",
+        type=_number(limits.PREPARE_FPS),
+        default=8.0,
+        help="frame rate clips are resampled to",
+    )
+    p.add_argument(
+        "--stride",
+        type=_number(limits.STRIDE),
+        default=0,
+        help="take every N-th frame instead of --fps",
+    )
     _add_choice(p, "--resize", RESIZE_MODES, default="crop")
-    p.add_argument("--max-source-pixels", type=int, default=8192 * 8192)
+    p.add_argument("--max-source-pixels", type=_number(limits.SOURCE_PIXELS), default=8192 * 8192)
     _add_choice(p, "--dtype", DTYPES, default="float32")
-    p.add_argument("--shard-size", type=int, default=64, help="clips per shard file")
-    p.add_argument("--batch-size", type=int, default=4, help="clips encoded together")
-    p.add_argument("--max-bad-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--shard-size", type=_number(limits.SHARD_SIZE), default=64, help="clips per shard file"
+    )
+    p.add_argument(
+        "--batch-size", type=_number(limits.BATCH), default=4, help="clips encoded together"
+    )
+    p.add_argument("--max-bad-fraction", type=_number(limits.FRACTION), default=0.1)
     _add_choice(p, "--device", DEVICES, default="auto")
 
 
@@ -325,26 +366,35 @@ def _add_info_options(p: argparse.ArgumentParser) -> None:
         "--model", default="shapes-tiny", help="preset (tiny, S, B, L, XL, ...), config or folder"
     )
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    p.add_argument("--frames", type=int, help="video frames (default: the config's)")
-    p.add_argument("--height", type=int, help="video height (default: the config's)")
-    p.add_argument("--width", type=int, help="video width (default: the config's)")
-    p.add_argument("--text-len", type=int, help="text tokens (default: text.max_length)")
+    p.add_argument(
+        "--frames", type=_number("data.frames"), help="video frames (default: the config's)"
+    )
+    p.add_argument(
+        "--height", type=_number("data.height"), help="video height (default: the config's)"
+    )
+    p.add_argument(
+        "--width", type=_number("data.width"), help="video width (default: the config's)"
+    )
+    p.add_argument(
+        "--text-len", type=_number("text.max_length"), help="text tokens (default: text.max_length)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
-    p.add_argument("--seeds", type=int, default=2, help="seeds per prompt")
+    p.add_argument("--seeds", type=_number(limits.EVAL_SEEDS), default=2, help="seeds per prompt")
     p.add_argument(
         "--seed-offset",
-        type=int,
+        type=_number(limits.SEED),
         default=1_000_000,
         help="first seed (seeds offset..offset+seeds-1); the default is far from the seeds that "
         "training, development and the docs use",
     )
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    p.add_argument("--batch-size", type=int, default=42, help="videos per sampling batch")
+    _add_sampling_options(p)
+    p.add_argument(
+        "--batch-size", type=_number(limits.BATCH), default=42, help="videos per sampling batch"
+    )
     p.add_argument("--out", default="report.json", help="JSON report path")
     p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
     _add_choice(p, "--device", DEVICES, default="auto")
@@ -379,11 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--out", required=True, help="output: .gif, .mp4, .png (frame grid) or .npy")
     p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
-    p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num", type=int, default=1, help="videos to make (seeds seed..seed+num-1)")
-    p.add_argument("--scale", type=int, default=1, help="nearest-neighbour upscaling factor")
+    _add_sampling_options(p)
+    p.add_argument("--seed", type=_number(limits.SEED), default=0)
+    p.add_argument(
+        "--num",
+        type=_number(limits.NUM_VIDEOS),
+        default=1,
+        help="videos to make (seeds seed..seed+num-1)",
+    )
+    p.add_argument(
+        "--scale", type=_number(limits.SCALE), default=1, help="nearest-neighbour upscaling factor"
+    )
     _add_choice(p, "--device", DEVICES, default="auto")
     _add_speed_options(p)
     p.set_defaults(func=_generate)
@@ -436,10 +492,6 @@ def main(argv: list[str] | None = None) -> int:
             args.config = None
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    for name in POSITIVE_OPTIONS if args.command != "bench" else ():  # BenchSettings checks
-        value = getattr(args, name, None)
-        if value is not None and value < 1:
-            parser.exit(2, f"univid: error: --{name.replace('_', '-')} must be >= 1, got {value}\n")
     try:
         code = args.func(args) or 0
     except UnividError as exc:

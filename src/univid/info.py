@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from univid.build import build_model
 from univid.config import Config
+from univid.limits import TOKENS
 
 # Weights used once per sample (time and caption conditioning, adaLN modulation) or not by a
 # matmul (modality embeddings); everything else multiplies every token.
@@ -109,6 +110,7 @@ def closed_form_flops(cfg: Config, frames: int, height: int, width: int, text_le
 
 def describe(cfg: Config, frames: int, height: int, width: int, text_len: int) -> dict:
     """What ``univid info`` prints: sizes, tokens and FLOPs of one sample."""
+    TOKENS.check("the tokens of one clip", sequence_length(cfg, frames, height, width, text_len))
     with torch.device("meta"):
         params = parameter_counts(build_model(cfg.model))
     forward = count_flops(cfg, frames, height, width, text_len)

@@ -16,9 +16,12 @@ from univid import step_cache as caching
 from univid.autoencoder import Autoencoder, load_autoencoder
 from univid.build import load_model_dir
 from univid.config import Config
+from univid.config.sections import RANGES
 from univid.device import autocast, autocast_dtype, pick_device
 from univid.errors import InputError
 from univid.flow import SOLVERS, guided, ode_sample
+from univid.limits import NUM_VIDEOS, SEED
+from univid.memory import check_fits, generation
 from univid.step_cache import StepCache
 from univid.text import TextEncoder
 from univid.text.clean import clean_text
@@ -107,8 +110,7 @@ class Pipeline:
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
             raise InputError("no prompt given")
-        if num_videos < 1:
-            raise InputError(f"num_videos must be >= 1, got {num_videos}")
+        NUM_VIDEOS.check("num_videos", num_videos)
         all_prompts = [p for p in prompts for _ in range(num_videos)]
         seeds = [seed + k for _ in prompts for k in range(num_videos)]
         videos = self.generate(
@@ -140,17 +142,21 @@ class Pipeline:
         shift = flow.shift if shift is None else shift
         solver = flow.solver if solver is None else solver
         threshold = flow.step_cache if step_cache is None else step_cache
-        if steps < 1:
-            raise InputError(f"num_steps must be >= 1, got {steps}")
-        if scale < 0:
-            raise InputError(f"guidance_scale must be >= 0, got {scale}")
-        if shift <= 0:
-            raise InputError(f"shift must be > 0, got {shift}")
+        for name, value, key in (
+            ("num_steps", steps, "flow.sample_steps"),
+            ("guidance_scale", scale, "flow.guidance"),
+            ("shift", shift, "flow.shift"),
+            ("step_cache", threshold, "flow.step_cache"),
+        ):
+            RANGES[key].check(name, value)
         if solver not in SOLVERS:
             raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
-        if threshold < 0:
-            raise InputError(f"step_cache must be >= 0, got {threshold}")
+        if len(seeds) != len(prompts):
+            raise InputError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+        for s in seeds:
+            SEED.check("seed", s)
         prompts = [check_prompt(p) for p in prompts]
+        check_fits(generation(self.config, len(prompts)), self.device, "sampling")
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
         shape = (self.config.model.in_channels, *latent)
         # Each video's noise comes from its own seed: a batch equals its videos made one by one.
@@ -171,4 +177,10 @@ class Pipeline:
             x = ode_sample(velocity, noise, steps, solver, shift, callback=lambda _: bar.update())
         bar.close()
         self.last_cache = cache
+        # One check at the end (flow/ knows only torch): NaN or inf would be written as black.
+        if not bool(torch.isfinite(x).all()):
+            raise InputError(
+                "sampling produced NaN or infinite values (the model's weights, guidance "
+                f"{scale:g} or shift {shift:g} overflow); no video written"
+            )
         return to_uint8(self.autoencoder.decode(x.float()))

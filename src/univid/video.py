@@ -9,6 +9,7 @@ import torch
 
 from univid.errors import InputError
 from univid.files import atomic_write, writing
+from univid.limits import MAX_FRAME_SIDE
 
 FORMATS = (".gif", ".mp4", ".png", ".npy")
 
@@ -42,6 +43,11 @@ def upscale(video: np.ndarray, factor: int) -> np.ndarray:
     """Nearest-neighbour enlargement of (..., H, W, 3) frames, so tiny videos can be seen."""
     if factor == 1:
         return video
+    if max(video.shape[-3:-1]) * factor > MAX_FRAME_SIDE:
+        raise InputError(
+            f"frames of {video.shape[-3]}x{video.shape[-2]} scaled {factor}x exceed "
+            f"{MAX_FRAME_SIDE} pixels a side"
+        )
     return video.repeat(factor, axis=-3).repeat(factor, axis=-2)
 
 

@@ -9,13 +9,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from univid.config.sections import RANGES as CONFIG_RANGES
 from univid.errors import InputError
+from univid.limits import BATCH, REPEATS, SWEEP_GB, SWEEP_TOKENS, THREADS, Range
 
 SUITES = ("steps", "attention", "precision", "checkpointing", "quant", "compile", "sweep")
 DEFAULT_SUITES = ("steps", "attention", "precision", "compile")
 VERSUS = ("diffusers",)
-# Integer fields that must be >= 1.
-POSITIVE = "batch frames height width text_len repeats warmup sweep_depth sweep_max_tokens".split()
+# The range of each numeric field.
+RANGES: dict[str, Range] = {
+    "batch": BATCH,
+    "frames": CONFIG_RANGES["data.frames"],
+    "height": CONFIG_RANGES["data.height"],
+    "width": CONFIG_RANGES["data.width"],
+    "text_len": CONFIG_RANGES["text.max_length"],
+    "repeats": REPEATS,
+    "warmup": REPEATS,
+    "sweep_depth": CONFIG_RANGES["model.depth"],
+    "sweep_max_tokens": SWEEP_TOKENS,
+    "sweep_max_gb": SWEEP_GB,
+    "threads": THREADS,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,14 +80,8 @@ class BenchSettings:
     """The command line recorded at the top of the report."""
 
     def __post_init__(self) -> None:
-        for name in POSITIVE:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise InputError(f"bench {name} must be an integer >= 1, got {value!r}")
-        if self.threads < 0:
-            raise InputError(f"bench threads must be >= 0 (0 = default), got {self.threads}")
-        if not self.sweep_max_gb > 0:
-            raise InputError(f"bench sweep_max_gb must be > 0, got {self.sweep_max_gb}")
+        for name, allowed in RANGES.items():
+            allowed.check(f"bench {name}", getattr(self, name))
         if isinstance(self.suites, str):
             raise InputError(
                 f"bench suites must be a tuple of names, got the string {self.suites!r}"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from univid.errors import ConfigError
+from univid.limits import FRACTION, SEED, THREADS, TOKENS, Range
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -259,23 +261,56 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={show_value(value)} is invalid: {allowed}")
 
 
-def limits(cfg: Config) -> dict[str, tuple[float, float]]:
-    """Generous ceilings, far above any real run, that keep typos from building absurd models."""
-    m, d, t = cfg.model, cfg.data, cfg.text
-    return {
-        "model.width": (m.width, 65_536),
-        "model.depth": (m.depth, 1_024),
-        "model.heads": (m.heads, 1_024),
-        "model.mlp_ratio": (m.mlp_ratio, 64),
-        "model.in_channels": (m.in_channels, 4_096),
-        "model.text_dim": (m.text_dim, 65_536),
-        "model.time_freq_dim": (m.time_freq_dim, 65_536),
-        "text.max_length": (t.max_length, 8_192),
-        "data.frames": (d.frames, 8_192),
-        "data.height": (d.height, 16_384),
-        "data.width": (d.width, 16_384),
-        "flow.sample_steps": (cfg.flow.sample_steps, 100_000),
-    }
+# The range of every numeric key: generous ceilings, far above any real run, that keep typos
+# from building absurd models or reaching torch with numbers it cannot take (whether a size in
+# range fits the machine is judged by univid.memory before anything is allocated).
+STEPS = Range(1, 10**9)
+EVERY = Range(0, 10**9)
+SIZE = Range(1, 65_536)
+REAL = Range(0, 1e6, real=True)
+RANGES: dict[str, Range] = {
+    "model.in_channels": Range(1, 4_096),
+    "model.patch": Range(1, 1_024),  # each of the three sizes
+    "model.width": SIZE,
+    "model.depth": Range(1, 1_024),
+    "model.heads": Range(1, 1_024),
+    "model.mlp_ratio": Range(0, 64, real=True, lo_open=True),
+    "model.text_dim": SIZE,
+    "model.time_freq_dim": Range(2, 65_536),
+    "text.max_length": Range(1, 8_192),
+    "flow.logit_mean": Range(-20, 20, real=True),
+    "flow.logit_std": Range(0, 20, real=True, lo_open=True),
+    "flow.sample_steps": Range(1, 10_000),
+    "flow.step_cache": Range(0, 1_000, real=True),
+    "flow.shift": Range(1e-3, 1e3, real=True),
+    "flow.guidance": Range(0, 1_000, real=True),
+    "data.frames": Range(1, 8_192),
+    "data.height": Range(1, 16_384),
+    "data.width": Range(1, 16_384),
+    "data.fps": Range(1, 1_000),  # a GIF frame lasts whole milliseconds
+    "data.caption_dropout": Range(0, 0.999, real=True),
+    "data.max_bad_fraction": FRACTION,
+    "data.tokens_per_batch": Range(0, 2**24),
+    "train.steps": STEPS,
+    "train.batch_size": SIZE,
+    "train.lr": Range(0, 10, real=True, lo_open=True),
+    "train.weight_decay": Range(0, 100, real=True),
+    "train.warmup": EVERY,
+    "train.grad_clip": REAL,
+    "train.ema_decay": Range(0, 0.999_999_999, real=True),
+    "train.seed": SEED,
+    "train.log_every": STEPS,
+    "train.sample_every": EVERY,
+    "train.ckpt_every": STEPS,
+    "train.val_every": EVERY,
+    "train.val_clips": Range(1, 4_096),
+    "train.keep_last": Range(1, 1_000_000),
+    "train.max_nonfinite": Range(0, 1_000_000),
+    "train.spike_factor": REAL,
+    "train.threads": THREADS,
+    "train.grad_accum": SIZE,
+    "parallel.timeout_s": Range(1, 10**8),  # about three years; fits a timedelta
+}
 
 
 def validate(cfg: Config) -> None:
@@ -289,66 +324,22 @@ def validate(cfg: Config) -> None:
 
 
 def _check_ranges(cfg: Config) -> None:
-    m, d, f, t = cfg.model, cfg.data, cfg.flow, cfg.train
-    for key, (value, most) in limits(cfg).items():
-        _check(value <= most, key, f"must be <= {most}", value)
-    positive = {
-        "model.in_channels": m.in_channels,
-        "model.width": m.width,
-        "model.depth": m.depth,
-        "model.heads": m.heads,
-        "model.text_dim": m.text_dim,
-        "model.time_freq_dim": m.time_freq_dim,
-        "text.max_length": cfg.text.max_length,
-        "flow.sample_steps": f.sample_steps,
-        "data.frames": d.frames,
-        "data.height": d.height,
-        "data.width": d.width,
-        "data.fps": d.fps,
-        "train.steps": t.steps,
-        "train.batch_size": t.batch_size,
-        "train.log_every": t.log_every,
-        "train.keep_last": t.keep_last,
-        "train.val_clips": t.val_clips,
-        "train.grad_accum": t.grad_accum,
-        "parallel.timeout_s": cfg.parallel.timeout_s,
-    }
-    for key, value in positive.items():
-        _check(value > 0, key, "must be > 0", value)
-    for key, value in {"model.mlp_ratio": m.mlp_ratio, "flow.logit_std": f.logit_std}.items():
-        _check(value > 0, key, "must be > 0", value)
-    _check(f.shift > 0, "flow.shift", "must be > 0", f.shift)
-    _check(f.guidance >= 0, "flow.guidance", "must be >= 0", f.guidance)
-    _check(f.step_cache >= 0, "flow.step_cache", "must be >= 0", f.step_cache)
-    _check(t.lr > 0, "train.lr", "must be > 0", t.lr)
-    for key, value in {
-        "train.warmup": t.warmup,
-        "train.sample_every": t.sample_every,
-        "train.ckpt_every": t.ckpt_every,
-        "train.val_every": t.val_every,
-        "train.threads": t.threads,
-        "train.max_nonfinite": t.max_nonfinite,
-        "train.spike_factor": t.spike_factor,
-        "data.tokens_per_batch": d.tokens_per_batch,
-        "train.weight_decay": t.weight_decay,
-        "train.grad_clip": t.grad_clip,
-    }.items():
-        _check(value >= 0, key, "must be >= 0", value)
-    _check(0 <= t.ema_decay < 1, "train.ema_decay", "must be in [0, 1)", t.ema_decay)
-    _check(
-        0 <= d.caption_dropout < 1, "data.caption_dropout", "must be in [0, 1)", d.caption_dropout
-    )
-    _check(
-        0 <= d.max_bad_fraction <= 1,
-        "data.max_bad_fraction",
-        "must be in [0, 1]",
-        d.max_bad_fraction,
-    )
+    for key, allowed in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        for v in value if isinstance(value, tuple) else (value,):
+            _check(v in allowed, key, f"must be {allowed.describe()}", value)
 
 
 def _check_shapes(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
-    _check(len(m.patch) == 3 and min(m.patch) > 0, "model.patch", "three sizes > 0", m.patch)
+    _check(len(m.patch) == 3, "model.patch", "three sizes", m.patch)
+    _check(
+        m.mlp_ratio * m.width >= 2,
+        "model.mlp_ratio",
+        f"the MLP needs a hidden size of 2 or more (mlp_ratio x width {m.width})",
+        m.mlp_ratio,
+    )
     _check(m.width % m.heads == 0, "model.heads", f"must divide model.width={m.width}", m.heads)
     if m.backbone == "dit":
         head = m.width // m.heads
@@ -358,8 +349,16 @@ def _check_shapes(cfg: Config) -> None:
             f"dit needs an even head size >= 6 for 3-D RoPE, width/heads = {m.width}/{m.heads}",
             m.heads,
         )
-    if d.autoencoder != "pixel":
-        return  # the latent shape is checked against the patch once the autoencoder is loaded
+    video = math.prod(n // p for n, p in zip((d.frames, d.height, d.width), m.patch))
+    _check(
+        video + cfg.text.max_length in TOKENS,
+        "data.frames",
+        f"the clip's tokens (video {video} + text) must be {TOKENS.describe()}",
+        d.frames,
+    )
+    if d.autoencoder != "pixel" or d.cache:
+        return  # channels and latent shape are checked once the autoencoder or cache is read
+    _check(m.in_channels == 3, "model.in_channels", "pixel models see RGB: 3", m.in_channels)
     for name, size, p in zip(("frames", "height", "width"), (d.frames, d.height, d.width), m.patch):
         _check(
             size % p == 0,

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from univid import memory
 from univid.config import Config
 from univid.data.cache import CacheDataset
 from univid.device import autocast, autocast_dtype
@@ -69,6 +70,7 @@ class Trainer:
         cfg = self.cfg
         if note and self.progress:
             print(f"univid: {note}", file=sys.stderr)
+        memory.check_fits(memory.training(cfg, self.dist.world), self.device, "training")
         cached = isinstance(self.dataset, CacheDataset)
         self._text: TextEncoder | None = None
         if cached and self.dataset.text_dim != cfg.model.text_dim:
