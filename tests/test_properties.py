@@ -46,9 +46,11 @@ def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
 def assert_clean(code: int, err: str) -> None:
     assert code in (0, 2), err
     assert "Traceback" not in err, err
-    if code == 2:
-        last = err.strip().splitlines()[-1]
-        assert last.startswith(("univid: error:", "univid ")) and "error" in last, err
+    if code == 2:  # one error line (progress bars may come before it), never a usage block
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("univid: error:"), err
+        assert sum(line.startswith("univid: error:") for line in lines) == 1, err
+        assert not any(line.startswith("usage:") for line in lines), err
 
 
 @settings(max_examples=400, deadline=None)

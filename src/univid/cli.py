@@ -14,6 +14,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from univid import limits
 from univid.config.sections import RANGES
@@ -401,8 +402,17 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     _add_speed_options(p)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors in one line like every other error of univid."""
+
+    def error(self, message: str) -> NoReturn:
+        if "required: prompt" in message:
+            message += " (a prompt that starts with '-' goes after '--')"
+        self.exit(2, f"univid: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="univid", description=__doc__.splitlines()[0])
+    parser = Parser(prog="univid", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -463,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
     _add_choice(p, "--dtype", DTYPES, default="float32")
     p.set_defaults(func=_export)
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser
     return parser
 
 
@@ -491,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [args.config, *args.overrides]
             args.config = None
     if extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         code = args.func(args) or 0
     except UnividError as exc:
