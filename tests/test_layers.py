@@ -16,6 +16,7 @@ import univid
 
 LAYERS = {
     "errors": 0,
+    "limits": 0,
     "files": 0,
     "config": 0,
     "device": 0,
@@ -29,6 +30,7 @@ LAYERS = {
     "step_cache": 2,
     "parallel": 2,
     "info": 2,
+    "memory": 2,
     "data": 3,
     "pipeline": 3,
     "train": 4,

@@ -487,9 +487,8 @@ QUIET_LOGGERS = (
 )
 
 
-def main(argv: list[str] | None = None) -> int:
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as arguments; a usage error prints one line and raises SystemExit(2)."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in bench reports
@@ -503,6 +502,16 @@ def main(argv: list[str] | None = None) -> int:
             args.config = None
     if extra:
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        args = parse(argv)
+    except SystemExit as exc:  # a usage error (one line printed) or --help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         code = args.func(args) or 0
     except UnividError as exc:
