@@ -84,7 +84,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "starting"
+        holder = ""
+        for _ in range(20):  # the holder writes who it is just after it takes the lock
+            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip()
+            if holder:
+                break
+            time.sleep(0.05)
+        holder = holder or "just starting"
         os.close(fd)
         raise InputError(
             f"{run_dir} is in use by another run ({holder}); wait for it to end or choose "
