@@ -1,11 +1,20 @@
-"""Shared fixtures: the real MiniLM text encoder (loaded once) and tiny configs."""
+"""Shared fixtures: the real MiniLM text encoder (loaded once) and tiny configs; the hypothesis
+profile (``HYPOTHESIS_PROFILE=ci`` in .ci/run)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 
 from univid.config import resolve_config
+
+# CI draws the same examples on every run (a red CI run is then a real regression, and can be
+# replayed); a developer's run explores new ones, and keeps the failures it finds in .hypothesis/.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -318,10 +318,13 @@ def test_univid_generate_with_random_unicode_prompts_exits_cleanly(prompt, bundl
             assert len(err.strip().splitlines()) == 1, err
 
 
-def _csv_table(rows: list[tuple[str, str]], quoting: int) -> str:
+def _csv_table(rows: list[tuple[str, str]], quoting: int, newline: str = "\r\n") -> str:
     buffer = io.StringIO(newline="")
     writer = csv.writer(
-        buffer, quoting=quoting, escapechar="\\" if quoting == csv.QUOTE_NONE else None
+        buffer,
+        quoting=quoting,
+        escapechar="\\" if quoting == csv.QUOTE_NONE else None,
+        lineterminator=newline,
     )
     writer.writerow(["path", "caption"])
     writer.writerows(rows)
@@ -353,7 +356,7 @@ def test_random_tables_list_or_raise_one_line(
         (root / "a.png").write_bytes(b"not read by the listing")
         rows = [("a.png", c) for c in captions]
         if kind == "csv":
-            text = _csv_table(rows, quoting).replace("\r\n", newline)
+            text = _csv_table(rows, quoting, newline)  # a \r\n inside a caption stays
         else:
             lines = [
                 json.dumps({"path": p, "caption": c}, ensure_ascii=ascii_json) for p, c in rows
