@@ -5,12 +5,9 @@ in range but cannot fit are refused before anything is allocated."""
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import resource
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import fields
@@ -248,72 +245,27 @@ def test_available_memory_is_read():
     assert free is None or free > 2**20
 
 
-MEASURE = """
-import json, resource, sys, tempfile
-import torch
-from univid import memory
-from univid.config import resolve_config
-from univid.text import TextEncoder
-torch.set_num_threads(1)
-kind, overrides = sys.argv[1], sys.argv[2:]
-cfg = resolve_config("tiny", overrides)
-text = TextEncoder("minilm", cfg.text.max_length, torch.device("cpu"))
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
-            return int(line.split()[1]) * 1024
-if kind == "train":
-    from univid.train.run import train
-    base = rss()
-    with tempfile.TemporaryDirectory() as d:
-        train(cfg, d + "/r", progress=False)
-    estimate = memory.training(cfg)
-else:
-    from univid.build import build_model
-    from univid.pipeline import Pipeline
-    pipe = Pipeline(build_model(cfg.model), text, cfg)
-    base = rss()
-    pipe(["a red circle"] * 4, num_steps=2)
-    estimate = memory.generation(cfg, 4)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"measured": peak - base, "estimate": estimate.total - memory.BASE,
-                  "peak": peak, "total": estimate.total}))
-"""
-
-MEDIUM = [
-    "model.width=128",
-    "model.heads=2",
-    "data.frames=16",
-    "data.height=64",
-    "data.width=64",
-    "train.batch_size=4",
-]
+BENCHMARK = Path(__file__).parents[1] / "benchmarks" / "memory_estimate.py"
 
 
-@pytest.mark.parametrize(
-    "kind, overrides",
-    [
-        ("train", ["train.steps=2", "train.val_every=0", "train.ckpt_every=2"]),
-        ("train", ["train.steps=2", "train.val_every=0", "train.ckpt_every=2", *MEDIUM]),
-        ("generate", MEDIUM),
-    ],
-)
-def test_memory_estimate_is_within_a_small_factor_of_the_measured_peak(kind, overrides):
-    """The small run is dominated by the process's fixed needs (compare whole peaks), the
-    medium ones by weights and activations (compare what the job added)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", MEASURE, kind, *overrides],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    small = "model.width=128" not in overrides
-    estimate, measured = (
-        (got["total"], got["peak"]) if small else (got["estimate"], got["measured"])
-    )
-    assert 0.5 <= estimate / measured <= 3, got
+def _load_benchmark():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_estimate", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_memory_estimate_is_within_a_small_factor_of_the_measured_peak(case):
+    """benchmarks/memory_estimate.py's cases: the small run is dominated by the process's fixed
+    needs (compared on whole peaks), the medium ones by weights and activations (compared on
+    what the job added)."""
+    bench = _load_benchmark()
+    kind, overrides = bench.CASES[case]
+    got = bench.measure(kind, overrides)
+    assert 0.5 <= got["ratio"] <= 3, got
 
 
 # ---- property: random numbers at every key and option ----------------------------------------
