@@ -387,3 +387,18 @@ def test_export_onto_a_file_is_one_line_and_export_writes_atomically(run_dir, tm
         "config.json",
         "model.safetensors",
     ]
+
+
+def test_an_os_error_met_anywhere_is_one_line_naming_its_file(tmp_path, monkeypatch, capsys):
+    """Root bypasses permissions here, so the OS's refusal is injected where export writes."""
+    import errno
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "m"))
+
+    monkeypatch.setattr("univid.build.export_model_dir", refuse)
+    assert main(["export", "shapes-tiny", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"univid: error: {tmp_path / 'm'}: permission denied (--debug shows where)"
+    with pytest.raises(PermissionError):
+        main(["--debug", "export", "shapes-tiny", "--out", str(tmp_path / "m")])

@@ -533,7 +533,14 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         error = storage_error(exc)  # a full disk, wherever it was met, is one line
         if error is None:
-            raise
+            # Any other error of the OS (a permission, a vanished file) is the user's to fix:
+            # one line with the file it names; --debug shows where it was met.
+            os_error = next((e for e in causes(exc) if isinstance(e, OSError) and e.errno), None)
+            if os_error is None:
+                raise
+            where = f"{os_error.filename}: " if os_error.filename else ""
+            reason = (os_error.strerror or str(os_error)).lower()
+            error = InputError(f"{where}{reason} (--debug shows where)")
         print(f"univid: error: {' '.join(str(error).split())}", file=sys.stderr)
         return 2
     return code
