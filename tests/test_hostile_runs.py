@@ -174,6 +174,18 @@ def test_ctrl_c_in_a_checkpoint_write_finishes_it_and_exits_130(tmp_path):
     assert steps(out) == [4, 6]
 
 
+def test_sigterm_in_a_checkpoint_write_finishes_it_then_terminates(tmp_path):
+    """A scheduler's polite stop waits for the checkpoint too, then ends the process as
+    SIGTERM does (killed by the signal: there is no handler to clean up after)."""
+    out = tmp_path / "run"
+    args = ["train", "tiny", "--out", str(out), "train.steps=6", *TRAIN]
+    p = univid(*args, **{INTERRUPT_ENV: "checkpoint:4@SIGTERM"})
+    rc, err = finish(p)
+    assert rc == -signal.SIGTERM, err[-3000:]
+    assert "finishing checkpoint 4" in err
+    assert steps(out) == [2, 4] and not list((out / "checkpoints").glob(".tmp*"))
+
+
 # --- item 6: a full disk ----------------------------------------------------------------------
 
 FULL_DISK_SCRIPT = """

@@ -65,15 +65,17 @@ DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def crash_point(point: str, step: int) -> None:
-    """Fault injection for crash tests, as torchft does: ``UNIVID_CRASH_AT=POINT:STEP`` kills this
-    process with SIGKILL when it reaches POINT at STEP, ``UNIVID_INTERRUPT_AT=POINT:STEP`` sends
-    it SIGINT (Ctrl-C) there. Points: ``step`` (after step STEP is logged), ``checkpoint``
-    (shards written, no marker yet), ``published`` (checkpoint renamed, before the weights export
-    and the pruning of old checkpoints)."""
+    """Fault injection for crash tests, as torchft does: ``UNIVID_CRASH_AT=POINT:STEP`` kills
+    this process with SIGKILL when it reaches POINT at STEP; ``UNIVID_INTERRUPT_AT=POINT:STEP``
+    sends it SIGINT (Ctrl-C) there, ``UNIVID_INTERRUPT_AT=POINT:STEP@SIGTERM`` the signal named.
+    Points: ``step`` (after step STEP is logged), ``checkpoint`` (shards written, no marker yet),
+    ``published`` (checkpoint renamed, before the weights export and the pruning of old
+    checkpoints)."""
     if os.environ.get(CRASH_ENV) == f"{point}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get(INTERRUPT_ENV) == f"{point}:{step}":
-        os.kill(os.getpid(), signal.SIGINT)
+    where, _, name = os.environ.get(INTERRUPT_ENV, "").partition("@")
+    if where == f"{point}:{step}":
+        os.kill(os.getpid(), getattr(signal, name or "SIGINT"))
 
 
 @contextmanager
