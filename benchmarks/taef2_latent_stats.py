@@ -14,7 +14,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from univid.autoencoder.taef2 import load_taef2
@@ -74,7 +73,6 @@ def main() -> None:
     row = {"video": "all", "frames": len(x), **stats(z), "psnr_db": psnr(x, y)}
     row["size"] = f"{args.width}x{args.height}"
     print(json.dumps(row), flush=True)
-    np.set_printoptions(precision=3)
 
 
 if __name__ == "__main__":
