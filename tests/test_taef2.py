@@ -113,6 +113,11 @@ def test_a_missing_renamed_or_extra_tensor_is_refused_in_one_line(tmp_path):
     with pytest.raises(InputError, match="1 missing, 0 unexpected"):
         TAEF2Autoencoder(folder)
 
+    state["11.pool.3.weight"] = torch.full((64, 256, 1, 1), float("nan"), dtype=torch.float16)
+    save_file(state, path)  # complete, but not finite
+    with pytest.raises(CorruptFileError, match="not finite"):
+        TAEF2Autoencoder(folder)
+
     path.write_bytes(b"\x00" * 64)  # damaged
     with pytest.raises(CorruptFileError):
         TAEF2Autoencoder(folder)

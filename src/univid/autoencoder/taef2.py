@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from univid.autoencoder.base import Autoencoder
+from univid.errors import CorruptFileError, InputError
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "taef2"
 CHANNELS = 32
@@ -107,12 +108,29 @@ def build_decoder() -> nn.Sequential:
 
 
 def load_half(net: nn.Sequential, path: Path) -> nn.Sequential:
-    """``net`` with the weights of ``path`` (every tensor, by name and shape, or one line)."""
-    from univid.build import check_finite, load_state_strict, read_safetensors
+    """``net`` with the weights of ``path``: every tensor by name and shape, finite, or one line
+    (:class:`CorruptFileError` for a damaged file, :class:`InputError` for a mismatch)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    state = read_safetensors(path)
-    load_state_strict(net, state, path)
-    check_finite(state, path)
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as exc:
+        raise CorruptFileError(f"cannot read {path} as safetensors: {exc}") from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise InputError(
+            f"TAEF2 weights in {path} do not fit the network: {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} wrong-shaped tensors "
+            f"(first: {(missing + unexpected + wrong)[0]})"
+        )
+    bad = next((k for k, v in state.items() if not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise CorruptFileError(f"TAEF2 weights in {path} are not finite (first: {bad})")
+    net.load_state_dict(state)
     return net
 
 
