@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from univid import limits
-from univid.config.sections import RANGES
+from univid.config.sections import BUILTIN_AUTOENCODERS, RANGES
 from univid.errors import InputError, UnividError
 from univid.limits import Range
 
@@ -86,9 +86,10 @@ def _train(args: argparse.Namespace) -> None:
     start_or_resume(args.config, args.overrides, args.out, args.resume)
 
 
-def _local_spec(spec: str, builtin: str) -> str:
-    """A folder given on the command line, made absolute (the cache records it); or builtin."""
-    return spec if spec == builtin else str(Path(spec).resolve())
+def _local_spec(spec: str, builtin: tuple[str, ...]) -> str:
+    """A folder given on the command line, made absolute (the cache records it); or a name in
+    ``builtin``."""
+    return spec if spec in builtin else str(Path(spec).resolve())
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -98,8 +99,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     buckets = parse_buckets(args.buckets or f"{args.frames}x{args.height}x{args.width}")
     settings = PrepareSettings(
-        autoencoder=_local_spec(args.autoencoder, "pixel"),
-        text_encoder=_local_spec(args.text_encoder, "minilm"),
+        autoencoder=_local_spec(args.autoencoder, BUILTIN_AUTOENCODERS),
+        text_encoder=_local_spec(args.text_encoder, ("minilm",)),
         max_length=args.max_length,
         padding=args.padding,
         buckets=tuple(buckets),
@@ -323,7 +324,11 @@ def _add_prepare_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="folder of videos/images with .txt captions, or a .csv/.jsonl table")
     p.add_argument("--out", help="cache folder (rerun the same command to resume)")
     p.add_argument("--check", action="store_true", help="only list unusable clips and why")
-    p.add_argument("--autoencoder", default="pixel", help="'pixel' or a local diffusers folder")
+    p.add_argument(
+        "--autoencoder",
+        default=BUILTIN_AUTOENCODERS[0],
+        help=f"{' or '.join(BUILTIN_AUTOENCODERS)} (bundled) or a local diffusers folder",
+    )
     p.add_argument("--text-encoder", default="minilm", help="'minilm' or a local HF folder")
     p.add_argument(
         "--max-length", type=_number("text.max_length"), default=32, help="caption tokens kept"

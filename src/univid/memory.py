@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from univid.autoencoder import BUILTIN_RATIOS
 from univid.build import build_model
 from univid.config import Config, ModelConfig, replace
 from univid.errors import InputError
@@ -70,10 +71,13 @@ def parameter_count(cfg: ModelConfig) -> int:
 
 def tokens(cfg: Config, frames: int, height: int, width: int) -> tuple[int, int]:
     """(video tokens, tokens of the stream) of one clip of the given pixel-space shape; latent
-    autoencoders shrink the video first (at most 4x in time and 8x in space)."""
+    autoencoders shrink the video first (a built-in one by its known ratios, a diffusers folder
+    at most 4x in time and 8x in space)."""
     m = cfg.model
-    if cfg.data.autoencoder != "pixel":
-        frames, height, width = max(1, frames // 4), max(1, height // 8), max(1, width // 8)
+    temporal, spatial = BUILTIN_RATIOS.get(cfg.data.autoencoder, (4, 8))
+    if (temporal, spatial) != (1, 1):
+        frames = max(1, frames // temporal)
+        height, width = max(1, height // spatial), max(1, width // spatial)
     video = math.prod(max(1, n // p) for n, p in zip((frames, height, width), m.patch))
     return video, video + cfg.text.max_length + 1
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from univid.autoencoder.base import Autoencoder
+from univid.config.sections import BUILTIN_AUTOENCODERS
 from univid.errors import CorruptFileError, InputError
 from univid.files import CONFIG_LIMIT, check_folder_files, read_json
 
@@ -56,9 +57,11 @@ def _first_line(exc: BaseException) -> str:
 def read_vae_config(folder: Path, spec: str) -> tuple[str, dict[str, Any]]:
     """``(class name, config)`` of a diffusers VAE folder; anything else is an InputError."""
     if not folder.is_dir():
+        names = ", ".join(map(repr, BUILTIN_AUTOENCODERS))
         raise InputError(
-            f"autoencoder '{spec}' is not 'pixel' nor an existing folder (a local diffusers VAE "
-            f"folder with config.json is expected; supported: {_supported()})"
+            f"autoencoder '{spec}' is not one of {names} nor an existing "
+            "folder (a local diffusers VAE folder with config.json is expected; supported: "
+            f"{_supported()})"
         )
     # Before diffusers or safetensors reads it: no FIFO they would block on, no device.
     check_folder_files(folder, "autoencoder folder")

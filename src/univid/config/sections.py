@@ -11,6 +11,10 @@ from typing import Any
 from univid.errors import ConfigError
 from univid.limits import FRACTION, SEED, THREADS, TOKENS, Range
 
+# Autoencoders known by name (anything else names a local diffusers VAE folder): 'pixel' is RGB
+# itself, 'taef2' the bundled TAEF2 (univid.autoencoder.taef2). The first is the default.
+BUILTIN_AUTOENCODERS: tuple[str, ...] = ("pixel", "taef2")
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -92,9 +96,10 @@ class DataConfig:
     cache: str = ""
     """A folder made by `univid prepare` (latents + text states); when set, training reads it,
     and the autoencoder, text encoder, channels and clip shape come from it."""
-    autoencoder: str = "pixel"
-    """The space the model works in: 'pixel' (RGB in [-1, 1]) or a local diffusers autoencoder
-    folder (the model sees its normalised latents; generation decodes them)."""
+    autoencoder: str = BUILTIN_AUTOENCODERS[0]
+    """The space the model works in: 'pixel' (RGB in [-1, 1]), 'taef2' (the bundled TAEF2: 32
+    channels at 1/8 of the size, frame by frame) or a local diffusers autoencoder folder (the
+    model sees its normalised latents; generation decodes them)."""
     frames: int = 8
     """Frames per clip."""
     height: int = 32
