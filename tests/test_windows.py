@@ -130,3 +130,23 @@ def test_prepare_cuts_the_excerpt_into_windows_and_resumes(tmp_path, capsys):
     assert "0 shard(s) written, 1 reused" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*")} == before
     assert json.loads((out / "index.json").read_text())["clips"] == clips
+
+
+def test_check_lists_windows_and_a_video_whose_shots_are_all_short_is_bad(tmp_path, capsys):
+    src = tmp_path / "src"
+    a, b = lavfi("testsrc2", 1.2, 25, 64, 48), lavfi("testsrc", 1.0, 25, 64, 48)
+    ffmpeg(
+        "-f", "lavfi", "-i", a, "-f", "lavfi", "-i", b,
+        "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]",
+        "-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast",
+        str(src.mkdir() or src / "cut.mp4"),
+    )  # fmt: skip
+    (src / "cut.txt").write_text("two test patterns", encoding="utf-8")
+    args = ["prepare", str(src), "--check", "--height", "16", "--width", "16", "--fps", "25"]
+    assert main([*args, "--frames", "12", "--window-stride", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "cut.mp4: 7 window(s), 55 frames, 1 cut(s) at 30" in out  # 4 in 30 frames, 3 in 25
+    assert main([*args, "--frames", "40", "--window-stride", "6"]) == 1  # 55 frames, shots < 40
+    assert "cut.mp4: no window: every shot is shorter than the clip (longest 30" in (
+        capsys.readouterr().out
+    )
