@@ -71,7 +71,9 @@ def main() -> None:
         settings = PrepareSettings(buckets=tuple(parse_buckets(args.bucket)), fps=8.0)
         common = {"clips": args.clips, "source": f"{args.source_size}@{args.source_fps}fps"}
 
-        (total, _, bad), seconds = time_once(lambda: check(root / "src", settings, progress=False))
+        (total, _, bad, _), seconds = time_once(
+            lambda: check(root / "src", settings, progress=False)
+        )
         row = {"bench": "check", **common, "bucket": args.bucket, "seconds": seconds}
         print(json.dumps({**row, "clips_per_s": total / seconds, "bad": len(bad)}), flush=True)
 

@@ -94,7 +94,13 @@ def _local_spec(spec: str, builtin: tuple[str, ...]) -> str:
 
 def _prepare(args: argparse.Namespace) -> int:
     from univid.data.buckets import bucket_name, parse_buckets
-    from univid.data.cache import PrepareSettings, check, prepare, print_report
+    from univid.data.cache import (
+        PrepareSettings,
+        check,
+        describe_videos,
+        prepare,
+        print_report,
+    )
     from univid.device import pick_device
 
     buckets = parse_buckets(args.buckets or f"{args.frames}x{args.height}x{args.width}")
@@ -106,6 +112,7 @@ def _prepare(args: argparse.Namespace) -> int:
         buckets=tuple(buckets),
         fps=args.fps,
         stride=args.stride,
+        window_stride=args.window_stride,
         resize=args.resize,
         max_source_pixels=args.max_source_pixels,
         dtype=args.dtype,
@@ -116,9 +123,11 @@ def _prepare(args: argparse.Namespace) -> int:
     if not Path(args.src).exists():
         raise InputError(f"source {args.src} does not exist")
     if args.check:
-        total, counts, bad = check(args.src, settings)
+        total, counts, bad, videos = check(args.src, settings)
         for key, reason in bad:
             print(f"{key}: {reason}")
+        for line in describe_videos(videos):
+            print(line)
         per_bucket = ", ".join(f"{bucket_name(b)}: {n}" for b, n in sorted(counts.items()))
         print(f"{total} items: {total - len(bad)} usable ({per_bucket or 'none'}), {len(bad)} bad")
         return 1 if bad else 0
@@ -352,7 +361,14 @@ def _add_prepare_options(p: argparse.ArgumentParser) -> None:
         "--stride",
         type=_number(limits.STRIDE),
         default=0,
-        help="take every N-th frame instead of --fps",
+        help="sample each clip from every N-th source frame instead of at --fps (0: use --fps)",
+    )
+    p.add_argument(
+        "--window-stride",
+        type=_number(limits.WINDOW_STRIDE),
+        default=0,
+        help="cut each video into many clips: a window every N clip frames (at --fps, or of "
+        "--stride), within each shot (never across a cut); 0: one clip per video, its start",
     )
     _add_choice(p, "--resize", RESIZE_MODES, default="crop")
     p.add_argument("--max-source-pixels", type=_number(limits.SOURCE_PIXELS), default=8192 * 8192)

@@ -68,10 +68,12 @@ MAX_FRAME_SIDE = 65_535
 EVAL_SEEDS = Range(1, 100_000)
 # Videos per sampling batch of `univid eval`, clips encoded together by `univid prepare`.
 BATCH = Range(1, 65_536)
-# `univid prepare`: frame rate clips are resampled to, frame stride, clips per shard, and the
+# `univid prepare`: frame rate clips are resampled to, frame stride, window stride (clip frames
+# between the starts of two windows of a video), clips per shard, and the
 # largest source frame decoded (pixels).
 PREPARE_FPS = Range(0, 1_000, real=True)
 STRIDE = Range(0, 1_000_000)
+WINDOW_STRIDE = Range(0, 1_000_000)
 SHARD_SIZE = Range(1, 1_000_000)
 SOURCE_PIXELS = Range(1, 2**31 - 1)
 FRACTION = Range(0, 1, real=True)

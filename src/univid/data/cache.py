@@ -23,6 +23,7 @@ import hashlib
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from univid.data import BadSample
 from univid.data.buckets import Bucket, available_frames, bucket_name, choose_bucket
 from univid.data.decode import ClipSpec, probe, read_clip
 from univid.data.sources import SourceItem, list_sources
+from univid.data.windows import clip_of, decode_frames, plan_windows, shot_spans
 from univid.device import DTYPES
 from univid.errors import InputError
 from univid.files import atomic_write, file_problem, read_json
@@ -53,6 +55,7 @@ class PrepareSettings:
     buckets: tuple[Bucket, ...] = ((8, 32, 32),)
     fps: float = 8.0
     stride: int = 0
+    window_stride: int = 0  # > 0: a window every N output frames of each shot; 0: one per video
     resize: str = "crop"
     max_source_pixels: int = 8192 * 8192
     dtype: str = "float32"
@@ -68,6 +71,8 @@ class PrepareSettings:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fps <= 0 and not self.stride:
             raise InputError(f"fps must be > 0 (or give a stride), got {self.fps}")
+        if self.window_stride < 0:
+            raise InputError(f"window_stride must be >= 0, got {self.window_stride}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise InputError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
 
@@ -87,35 +92,99 @@ class PrepareSettings:
         values = asdict(self)
         for name in ("encode_batch", "max_bad_fraction"):
             values.pop(name)
+        if not self.window_stride:  # one clip per video, as caches made before windows existed
+            values.pop("window_stride")
         values["buckets"] = [list(b) for b in self.buckets]
         return values
 
 
-def read_item(item: SourceItem, settings: PrepareSettings) -> tuple[Bucket, np.ndarray]:
-    """Bucket and uint8 clip (T, H, W, 3) of one source item; :class:`BadSample` if unusable."""
+@dataclass
+class ItemClips:
+    """The clips of one source item: one, or one per window of a video cut into windows."""
+
+    bucket: Bucket
+    keys: list[str]  # clip keys: the item's key, or "KEY#w" for window w
+    fields: list[dict[str, Any]]  # extra index fields of each clip (window, source frames)
+    arrays: Callable[[int], np.ndarray]  # clip i as uint8 (T, H, W, 3)
+    video: dict[str, Any] | None = None  # key, frames, cuts, windows of a windowed video
+
+
+def read_clips(item: SourceItem, settings: PrepareSettings) -> ItemClips:
+    """The bucket and clips of one source item; :class:`BadSample` if unusable.
+
+    With ``settings.window_stride`` 0 (and for images) the item gives one clip, its first
+    window. Otherwise the video is decoded once, its shot cuts found, and every shot cut into
+    windows of the bucket's frames, one every ``window_stride`` output frames
+    (:mod:`univid.data.windows`)."""
     if item.problem:
         raise BadSample(item.problem)
     assert item.path is not None
-    info = probe(item.path, settings.max_source_pixels)
+    path = item.path
+    info = probe(path, settings.max_source_pixels)
     usable = available_frames(info.duration, info.frames, settings.fps, settings.stride)
     bucket = choose_bucket(info.kind, info.width, info.height, usable, settings.buckets)
-    return bucket, read_clip(item.path, settings.spec(bucket))
+    spec = settings.spec(bucket)
+    if not settings.window_stride or info.kind == "image":
+        return ItemClips(bucket, [item.key], [{}], lambda _: read_clip(path, spec))
+    video = decode_frames(path, spec)
+    windows = plan_windows(video.source, video.cuts, bucket[0], settings.window_stride)
+    if not windows:
+        longest = max(end - first for first, end in shot_spans(video.source, video.cuts))
+        raise BadSample(
+            f"no window: every shot is shorter than the clip (longest {longest} frames at the "
+            f"clip rate, the {bucket_name(bucket)} bucket needs {bucket[0]}; "
+            f"{len(video.cuts)} cut(s))"
+        )
+    fields = [
+        {
+            "video": item.key,
+            "window": w.index,
+            "source_frames": [video.source[w.start], video.source[w.start + w.length - 1]],
+        }
+        for w in windows
+    ]
+    summary = {
+        "key": item.key,
+        "frames": video.decoded,
+        "cuts": video.cuts,
+        "windows": len(windows),
+    }
+    return ItemClips(
+        bucket,
+        [f"{item.key}#{w.index}" for w in windows],
+        fields,
+        lambda i: clip_of(video, windows[i]),
+        summary,
+    )
+
+
+def read_item(item: SourceItem, settings: PrepareSettings) -> tuple[Bucket, np.ndarray]:
+    """Bucket and uint8 clip (T, H, W, 3) of one source item (its first window);
+    :class:`BadSample` if unusable."""
+    clips = read_clips(item, settings)
+    return clips.bucket, clips.arrays(0)
 
 
 def check(
     src: str | Path, settings: PrepareSettings, progress: bool = True
-) -> tuple[int, dict[Bucket, int], list[tuple[str, str]]]:
-    """Read every clip of ``src`` once, encode nothing: (clips, clips per bucket, bad ones)."""
+) -> tuple[int, dict[Bucket, int], list[tuple[str, str]], list[dict[str, Any]]]:
+    """Read every clip of ``src`` once, encode nothing: (items, clips per bucket, bad items,
+    the windowed videos' summaries: key, frames, cuts, windows)."""
     items = list_sources(src)
     counts: dict[Bucket, int] = defaultdict(int)
     bad = []
+    videos = []
     for item in tqdm(items, desc="check", unit="clip", disable=not progress):
         try:
-            bucket, _ = read_item(item, settings)
-            counts[bucket] += 1
+            clips = read_clips(item, settings)
+            if clips.video is None:
+                clips.arrays(0)
+            else:
+                videos.append(clips.video)
+            counts[clips.bucket] += len(clips.keys)
         except BadSample as exc:
             bad.append((item.key, str(exc)))
-    return len(items), dict(counts), bad
+    return len(items), dict(counts), bad, videos
 
 
 def _fingerprint(items: list[SourceItem]) -> str:
@@ -144,6 +213,9 @@ class PrepareReport:
     shards_written: int = 0
     shards_reused: int = 0
     seconds: float = 0.0
+    videos: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # windowed: key, frames, cuts, windows
 
 
 def prepare(
@@ -199,6 +271,8 @@ def prepare(
         "clips": entries,
         "bad": [{"key": k, "reason": r} for k, r in report.bad],
     }
+    if settings.window_stride:
+        index["videos"] = report.videos
     _write_json(out / "index.json", index)
     report.clips, report.buckets = len(entries), dict(counts)
     report.seconds = time.perf_counter() - start
@@ -248,6 +322,7 @@ def _encode_all(
                 report.shards_written += 1
             entries += [{**clip, "shard": f"{name}.safetensors"} for clip in meta["clips"]]
             report.bad += [(b["key"], b["reason"]) for b in meta["bad"]]
+            report.videos += meta.get("videos", [])
             bar.update(len(shard))
             bar.set_postfix(bad=len(report.bad))
             if len(report.bad) > allowed_bad:
@@ -279,42 +354,61 @@ def _encode_shard(
     """Decode, encode and write one shard; returns its JSON metadata."""
     from safetensors.torch import save
 
-    by_bucket: dict[Bucket, list[tuple[int, SourceItem, np.ndarray]]] = defaultdict(list)
+    pending: dict[Bucket, list[tuple[tuple[int, int], dict[str, Any], np.ndarray]]]
+    pending = defaultdict(list)
+    tensors: dict[str, torch.Tensor] = {}
+    clips: list[dict[str, Any]] = []
+    order: dict[str, tuple[int, int]] = {}
+    device = getattr(text, "device", "cpu")
+
+    def flush(bucket: Bucket) -> None:
+        group, pending[bucket] = pending[bucket], []
+        video = torch.from_numpy(np.stack([v for _, _, v in group])).to(device)
+        video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B, 3, T, H, W)
+        latents = autoencoder.encode(video).float().cpu()
+        states, mask = text.encode([entry["caption"] for _, entry, _ in group])
+        for (place, entry, _), z, s, m in zip(group, latents, states, mask):
+            tensors[f"{entry['name']}.latents"] = z.to(dtype).contiguous()
+            tensors[f"{entry['name']}.text"] = s[: int(m.sum())].to(dtype).cpu().contiguous()
+            clips.append({**entry, "latent": list(z.shape)})
+            order[entry["name"]] = place
+
     bad = []
+    videos = []
     for i, item in enumerate(shard):
         try:
-            bucket, video = read_item(item, settings)
-            by_bucket[bucket].append((i, item, video))
+            found = read_clips(item, settings)
+            first = found.arrays(0)  # a single clip is read (and may fail) here
         except BadSample as exc:
             bad.append({"key": item.key, "reason": str(exc) or "unusable"})
-    tensors: dict[str, torch.Tensor] = {}
-    clips = []
-    device = getattr(text, "device", "cpu")
-    for bucket, members in sorted(by_bucket.items()):
-        for first in range(0, len(members), settings.encode_batch):
-            group = members[first : first + settings.encode_batch]
-            video = torch.from_numpy(np.stack([v for _, _, v in group])).to(device)
-            video = video.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B, 3, T, H, W)
-            latents = autoencoder.encode(video).float().cpu()
-            states, mask = text.encode([item.caption for _, item, _ in group])
-            for (i, item, _), z, s, m in zip(group, latents, states, mask):
-                tensors[f"{i}.latents"] = z.to(dtype).contiguous()
-                tensors[f"{i}.text"] = s[: int(m.sum())].to(dtype).cpu().contiguous()
-                clips.append(
-                    {
-                        "key": item.key,
-                        "name": str(i),
-                        "caption": item.caption,
-                        "bucket": list(bucket),
-                        "bucket_name": bucket_name(bucket),
-                        "latent": list(z.shape),
-                        "extra": item.extra,
-                    }
-                )
-    clips.sort(key=lambda c: int(c["name"]))
+            continue
+        if found.video is not None:
+            videos.append(found.video)
+        bucket = found.bucket
+        for w in range(len(found.keys)):
+            array = first if w == 0 else found.arrays(w)
+            entry = {
+                "key": found.keys[w],
+                "name": str(i) if found.video is None else f"{i}.{w}",
+                "caption": item.caption,
+                "bucket": list(bucket),
+                "bucket_name": bucket_name(bucket),
+                **found.fields[w],
+                "extra": item.extra,
+            }
+            pending[bucket].append(((i, w), entry, array))
+            if len(pending[bucket]) >= settings.encode_batch:
+                flush(bucket)
+    for bucket in sorted(pending):
+        if pending[bucket]:
+            flush(bucket)
+    clips.sort(key=lambda c: order[c["name"]])
     if tensors:
         _atomic_write(stem.with_suffix(".safetensors"), save(tensors))
-    return {"clips": clips, "bad": bad}
+    meta: dict[str, Any] = {"clips": clips, "bad": bad}
+    if settings.window_stride:
+        meta["videos"] = videos
+    return meta
 
 
 @dataclass
@@ -425,6 +519,24 @@ class CachedTextEncoder:
         return states.to(self.device), mask.to(self.device)
 
 
+def describe_videos(videos: list[dict[str, Any]], limit: int = 12) -> list[str]:
+    """One line per windowed video (``key: W windows, F frames, C cuts at ...``), the first
+    ``limit`` of them, then a line with the total."""
+    lines = []
+    for v in videos[:limit]:
+        cuts = f" at {', '.join(map(str, v['cuts']))}" if v["cuts"] else ""
+        lines.append(
+            f"{v['key']}: {v['windows']} window(s), {v['frames']} frames, {len(v['cuts'])} "
+            f"cut(s){cuts}"
+        )
+    if len(videos) > limit:
+        lines.append(f"... and {len(videos) - limit} more video(s)")
+    if videos:
+        windows = sum(v["windows"] for v in videos)
+        lines.append(f"{windows} windows from {len(videos)} video(s)")
+    return lines
+
+
 def print_report(report: PrepareReport) -> None:
     """The end-of-run summary of ``prepare`` on stderr."""
     buckets = ", ".join(f"{b}: {n}" for b, n in sorted(report.buckets.items()))
@@ -434,6 +546,8 @@ def print_report(report: PrepareReport) -> None:
         f"{report.shards_reused} reused",
         file=sys.stderr,
     )
+    for line in describe_videos(report.videos):
+        print(f"univid:   {line}", file=sys.stderr)
     if report.bad:
         print(
             f"univid: skipped {len(report.bad)} bad clip(s); reasons in {report.cache / 'bad.log'}",
