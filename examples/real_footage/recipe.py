@@ -6,11 +6,13 @@
     univid train examples/real_footage/real-tiny.yaml --out runs/real data.cache=real-cache/
     python examples/real_footage/recipe.py match runs/real real-cache/ --out docs/real/
 
-``cut`` writes one short video per row of ``captions.csv`` (a shot, or part of one, described by
-hand) with its caption beside it. ``match`` generates one video per caption and asks, for each,
-whether it is closer (mean squared pixel error, every frame) to a window of its own caption than
-to any window of another caption; it prints the rate as JSON and writes a GIF and a PNG grid:
-per caption, the nearest real window of that caption beside the generated video.
+``cut`` writes one short video per row of ``captions.csv`` (a shot, or part of one, described
+by hand) with its caption beside it. ``match`` generates videos for every caption (seeds from
+1,000,000: noise never used in training or development) and asks, for each, whether it is
+closer (mean squared pixel error over every frame) to a window of its own caption than to any
+window of another caption; it prints the rate with its Wilson interval as JSON and writes a GIF
+and a PNG grid: per caption, the nearest real window of that caption beside the first seed's
+video.
 """
 
 from __future__ import annotations
@@ -50,54 +52,58 @@ def cut(src: Path, out: Path) -> None:
         print(f"{path.name}: {len(part)} frames, {row['caption']}")
 
 
-def match(run: Path, cache: Path, out: Path, seed: int, steps: int | None) -> dict:
-    """Generate one video per caption and judge whether it is nearest its own caption's clips."""
+def match(run: Path, cache: Path, out: Path, seeds: list[int], steps: int | None) -> dict:
+    """Generate one video per caption and seed, and judge whether each is nearest (mean squared
+    pixel error over every frame) a window of its own caption rather than of any other."""
     import torch
 
     from univid.data.cache import CacheDataset
+    from univid.eval.report import wilson_interval
     from univid.pipeline import Pipeline
     from univid.video import save_video, tile, to_uint8
 
     pipe = Pipeline.from_pretrained(run, device="cpu")
     ds = CacheDataset(cache)
     captions = sorted({clip["caption"] for clip in ds.clips})
-    of_caption = [captions.index(clip["caption"]) for clip in ds.clips]
+    owner = np.array([captions.index(clip["caption"]) for clip in ds.clips])
     with torch.no_grad():
         real = np.concatenate(
             [to_uint8(pipe.autoencoder.decode(ds[i].latents[None].float())) for i in range(len(ds))]
-        )  # (windows, T, H, W, 3)
-    made = pipe.generate(captions, [seed] * len(captions), num_steps=steps)
-    errors = ((made[:, None].astype(np.float32) - real[None].astype(np.float32)) ** 2).mean(
-        axis=(2, 3, 4, 5)
-    )  # (captions, windows)
-    owner = np.array(of_caption)
-    results = []
-    for c, caption in enumerate(captions):
-        own, other = errors[c, owner == c].min(), errors[c, owner != c].min()
-        nearest = int(np.argmin(errors[c]))
-        results.append(
-            {
-                "caption": caption,
-                "own_mse": round(float(own), 1),
-                "other_mse": round(float(other), 1),
-                "matched": bool(own < other),
-                "nearest_caption": captions[owner[nearest]],
-            }
-        )
+        ).astype(np.float32)  # (windows, T, H, W, 3)
+    results, pairs = [], []
+    for seed in seeds:
+        made = pipe.generate(captions, [seed] * len(captions), num_steps=steps)
+        for c, caption in enumerate(captions):
+            errors = ((made[c].astype(np.float32)[None] - real) ** 2).mean(axis=(1, 2, 3, 4))
+            own, other = errors[owner == c].min(), errors[owner != c].min()
+            results.append(
+                {
+                    "caption": caption,
+                    "seed": seed,
+                    "own_mse": round(float(own), 1),
+                    "other_mse": round(float(other), 1),
+                    "matched": bool(own < other),
+                    "nearest_caption": captions[owner[int(np.argmin(errors))]],
+                }
+            )
+            if seed == seeds[0]:  # the grid: nearest real window of its caption | generated
+                window = int(np.flatnonzero(owner == c)[np.argmin(errors[owner == c])])
+                pairs.append(tile(np.stack([real[window].astype(np.uint8), made[c]])))
     out.mkdir(parents=True, exist_ok=True)
-    pairs = []
-    for c in range(len(captions)):
-        window = int(np.flatnonzero(owner == c)[np.argmin(errors[c, owner == c])])
-        pairs.append(tile(np.stack([real[window], made[c]])))  # real | generated
-    grid = np.concatenate(pairs, axis=1)  # captions stacked vertically
-    fps = pipe.config.data.fps
-    save_video(grid, out / "real-vs-generated.gif", fps=fps)
+    grid = np.concatenate(pairs, axis=1)  # one row per caption: real | generated
+    save_video(grid, out / "real-vs-generated.gif", fps=pipe.config.data.fps)
     save_video(grid[:1], out / "real-vs-generated.png")
+    matched = sum(r["matched"] for r in results)
     summary = {
         "captions": len(captions),
-        "matched": sum(r["matched"] for r in results),
-        "rate": sum(r["matched"] for r in results) / len(captions),
-        "seed": seed,
+        "seeds": seeds,
+        "samples": len(results),
+        "matched": matched,
+        "rate": matched / len(results),
+        "wilson95": wilson_interval(matched, len(results)),
+        "captions_always_matched": sum(
+            all(r["matched"] for r in results if r["caption"] == c) for c in captions
+        ),
         "windows": len(ds),
         "results": results,
     }
@@ -115,13 +121,17 @@ def main() -> None:
     p.add_argument("run", type=Path, help="trained run or model folder")
     p.add_argument("cache", type=Path, help="the cache it was trained on")
     p.add_argument("--out", type=Path, default=Path("real-match"))
-    p.add_argument("--seed", type=int, default=1_000_000, help="noise seed of every sample")
+    p.add_argument("--seeds", type=int, default=4, help="samples per caption")
+    p.add_argument(
+        "--seed-offset", type=int, default=1_000_000, help="first seed (never used elsewhere)"
+    )
     p.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     args = parser.parse_args()
     if args.command == "cut":
         cut(args.src, args.out)
     else:
-        summary = match(args.run, args.cache, args.out, args.seed, args.steps)
+        seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+        summary = match(args.run, args.cache, args.out, seeds, args.steps)
         print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
 
 
