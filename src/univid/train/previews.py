@@ -46,7 +46,8 @@ class Previews:
         self.pipe: Pipeline | None = None
 
     def _first_captions(self, count: int) -> tuple[list[int], list[str]]:
-        """The first ``count`` cached clips whose captions are usable prompts, and those prompts."""
+        """The first ``count`` cached clips with distinct captions that are usable prompts (the
+        windows of one video share its caption), and those prompts."""
         clips: list[int] = []
         prompts: list[str] = []
         refused: list[str] = []
@@ -54,10 +55,13 @@ class Previews:
             if len(clips) == count:
                 break
             try:
-                prompts.append(clean_text(clip["caption"], "caption"))
-                clips.append(i)
+                prompt = clean_text(clip["caption"], "caption")
             except InputError as exc:
                 refused.append(f"clip {i}: {exc}")
+                continue
+            if prompt not in prompts:
+                prompts.append(prompt)
+                clips.append(i)
         if refused and self.cfg.train.sample_every and self.dist.main:
             print(
                 f"univid: {len(refused)} cached caption(s) not used as sample prompts "
