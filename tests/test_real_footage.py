@@ -99,3 +99,17 @@ def test_the_caption_judge_can_fail(tiny_run, tmp_path, monkeypatch, right):
     summary = load_recipe().match(run, cache, tmp_path, seeds=[1_000_000], steps=2)
     assert len(captions) == 2
     assert summary["matched"] == (2 if right else 0)
+
+
+def test_training_samples_show_distinct_captions_of_a_windowed_cache(tiny_run):
+    from univid.config import resolve_config
+    from univid.data.cache import CacheDataset
+    from univid.parallel import Dist
+    from univid.train.previews import Previews
+
+    _, cache = tiny_run
+    ds = CacheDataset(cache)
+    assert len(ds) > 2  # several windows per caption
+    previews = Previews(resolve_config("tiny"), Dist(), ds, text=lambda: None)
+    assert sorted(previews.prompts) == ["a rabbit crawling out", "a rabbit standing"]
+    assert [ds.clips[i]["caption"] for i in previews.clips] == previews.prompts
