@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 CAPTIONS = Path(__file__).with_name("captions.csv")
+COLUMNS = 4  # (real | generated) pairs per row of the grid
 
 
 def cut(src: Path, out: Path) -> None:
@@ -90,7 +91,10 @@ def match(run: Path, cache: Path, out: Path, seeds: list[int], steps: int | None
                 window = int(np.flatnonzero(owner == c)[np.argmin(errors[owner == c])])
                 pairs.append(tile(np.stack([real[window].astype(np.uint8), made[c]])))
     out.mkdir(parents=True, exist_ok=True)
-    grid = np.concatenate(pairs, axis=1)  # one row per caption: real | generated
+    # Pairs (real | generated) in rows of COLUMNS, in caption order, blank where a row ends.
+    pairs += [np.zeros_like(pairs[0])] * (-len(pairs) % COLUMNS)
+    rows = [np.concatenate(pairs[k : k + COLUMNS], axis=2) for k in range(0, len(pairs), COLUMNS)]
+    grid = np.concatenate(rows, axis=1)
     save_video(grid, out / "real-vs-generated.gif", fps=pipe.config.data.fps)
     save_video(grid[:1], out / "real-vs-generated.png")
     matched = sum(r["matched"] for r in results)
