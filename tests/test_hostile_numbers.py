@@ -19,12 +19,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from test_properties import assert_clean, run
 
 from univid import memory
 from univid.bench.settings import RANGES as BENCH_RANGES
 from univid.bench.settings import BenchSettings
 from univid.build import WEIGHTS_DIR
-from univid.cli import build_parser, main
+from univid.cli import build_parser
 from univid.config import SECTIONS, resolve_config
 from univid.config.sections import RANGES
 from univid.errors import ConfigError, InputError
@@ -39,24 +40,6 @@ NUMERIC_KEYS = [
 HOSTILE = ["-1", "0", "1", str(2**64), "-" + str(2**64), "1e308", "1e400", "nan", "inf", "-inf"]
 HOSTILE += ["0x10", "-0.0", "1e-320", "4294967296", "65537"]
 FAST = ["train.steps=1", "train.val_every=0", "train.ckpt_every=1", "train.batch_size=2"]
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
-def assert_clean(code: int, err: str) -> None:
-    assert code in (0, 2), err
-    assert "Traceback" not in err, err
-    if code == 2:  # one error line (progress bars may come before it), never a usage block
-        lines = err.strip().splitlines()
-        assert lines[-1].startswith("univid: error:"), err
-        assert sum(line.startswith("univid: error:") for line in lines) == 1, err
-        assert not any(line.startswith("usage:") for line in lines), err
 
 
 @pytest.fixture(scope="module")

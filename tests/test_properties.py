@@ -36,10 +36,8 @@ overrides = st.one_of(st.builds(lambda k, v: f"{k}={v}", keys, values), st.text(
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:  # argparse's own usage errors
-        code = exc.code
+    """The exit code of ``univid ARGV`` (main returns argparse's usage errors too) and stderr."""
+    code = main(argv)
     return code, capsys.readouterr().err
 
 

@@ -19,14 +19,11 @@ from univid.config.sections import (
     FlowConfig,
     ModelConfig,
     TrainConfig,
+    clip,
     show_value,
 )
 from univid.errors import ConfigError
 from univid.files import CONFIG_LIMIT, UnreadableFile, read_user_bytes
-
-
-def _clip(text: str, length: int) -> str:
-    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def _suggest(name: str, options: Iterable[str]) -> str:
@@ -168,19 +165,17 @@ def _parse(path: Path, text: str) -> Any:
             return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a safe loader)
         except yaml.YAMLError as exc:
             first = " ".join(str(exc).split())
-            raise ConfigError(
-                f"config file {path} is not valid YAML: {_clip(first, 200)}"
-            ) from None
+            raise ConfigError(f"config file {path} is not valid YAML: {clip(first, 200)}") from None
         except ValueError as exc:  # an int of 5000 digits
             raise ConfigError(
-                f"config file {path} has a bad value: {_clip(str(exc), 200)}"
+                f"config file {path} has a bad value: {clip(str(exc), 200)}"
             ) from None
     try:
         return json.loads(text)
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an int of 5000 digits
-        raise ConfigError(f"config file {path} is not valid JSON: {_clip(str(exc), 200)}") from None
+        raise ConfigError(f"config file {path} is not valid JSON: {clip(str(exc), 200)}") from None
 
 
 def load_config_file(path: str | Path) -> Config:

@@ -254,11 +254,15 @@ def choices() -> dict[str, tuple[str, ...]]:
     }
 
 
+def clip(text: str, length: int) -> str:
+    """``text`` cut to ``length`` characters (ending in '...' when cut)."""
+    return text if len(text) <= length else text[: length - 3] + "..."
+
+
 def show_value(value: Any, length: int = 60) -> str:
     """The repr of a user's value for a message, cut to ``length`` characters: a message never
     repeats a huge value (a config file may hold a megabyte string)."""
-    text = repr(value)
-    return text if len(text) <= length else text[: length - 3] + "..."
+    return clip(repr(value), length)
 
 
 def _check(ok: bool, key: str, allowed: str, value: Any) -> None:

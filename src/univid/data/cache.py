@@ -158,13 +158,6 @@ def read_clips(item: SourceItem, settings: PrepareSettings) -> ItemClips:
     )
 
 
-def read_item(item: SourceItem, settings: PrepareSettings) -> tuple[Bucket, np.ndarray]:
-    """Bucket and uint8 clip (T, H, W, 3) of one source item (its first window);
-    :class:`BadSample` if unusable."""
-    clips = read_clips(item, settings)
-    return clips.bucket, clips.arrays(0)
-
-
 def check(
     src: str | Path, settings: PrepareSettings, progress: bool = True
 ) -> tuple[int, dict[Bucket, int], list[tuple[str, str]], list[dict[str, Any]]]:

@@ -169,11 +169,20 @@ def save_checkpoint(
     Ctrl-C and SIGTERM wait until it is written. When it fails (a full disk is one line naming
     the file), its temporary folder is removed and the older checkpoints stay as they were."""
     step = int(trainer_state["step"])
-    tmp = run_dir / "checkpoints" / f".tmp_step_{step:08d}"
+    final, tmp = _folders(run_dir, step)
     with deferred_signals(step):
         try:
             return _save_checkpoint(
-                run_dir, info, model, ema, optimizer, trainer_state, config_json, keep_last
+                run_dir,
+                final,
+                tmp,
+                info,
+                model,
+                ema,
+                optimizer,
+                trainer_state,
+                config_json,
+                keep_last,
             )
         except BaseException as exc:
             if info.main:
@@ -188,8 +197,16 @@ def save_checkpoint(
             raise
 
 
+def _folders(run_dir: Path, step: int) -> tuple[Path, Path]:
+    """Checkpoint ``step``'s folder, and the temporary folder it is written in."""
+    root = run_dir / "checkpoints"
+    return root / f"step_{step:08d}", root / f".tmp_step_{step:08d}"
+
+
 def _save_checkpoint(
     run_dir: Path,
+    final: Path,
+    tmp: Path,
     info: Dist,
     model: nn.Module,
     ema: nn.Module,
@@ -198,10 +215,8 @@ def _save_checkpoint(
     config_json: str,
     keep_last: int,
 ) -> Path:
-    root = run_dir / "checkpoints"
+    root = final.parent
     step = int(trainer_state["step"])
-    final = root / f"step_{step:08d}"
-    tmp = root / f".tmp_step_{step:08d}"
     if info.main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "rng").mkdir(parents=True)
