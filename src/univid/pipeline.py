@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ from univid import step_cache as caching
 from univid.autoencoder import Autoencoder, load_autoencoder
 from univid.build import load_model_dir
 from univid.config import Config
-from univid.config.sections import RANGES
+from univid.config.sections import RANGES, mix
 from univid.device import autocast, autocast_dtype, pick_device
 from univid.errors import InputError
-from univid.flow import SOLVERS, guided, ode_sample
+from univid.flow import SOLVERS, Given, guided, ode_sample
+from univid.given import frames_from, to_given
 from univid.limits import NUM_VIDEOS, SEED
 from univid.memory import check_fits, generation
 from univid.step_cache import StepCache
@@ -100,12 +101,21 @@ class Pipeline:
         progress: bool = False,
         solver: str | None = None,
         step_cache: float | None = None,
+        images: Mapping[int, np.ndarray] | None = None,
+        video: np.ndarray | None = None,
+        keep: int | None = None,
     ) -> np.ndarray:
         """Generate uint8 video(s) of shape (T, H, W, 3).
 
         A single prompt with ``num_videos=1`` gives one video (T, H, W, 3); otherwise the result
         is (N, T, H, W, 3) with ``num_videos`` videos per prompt, prompt-major. Video k of a
         prompt uses seed ``seed + k``.
+
+        Given frames (models trained with a ``flow.mix_*`` besides t2v): ``images`` maps frame
+        indices to uint8 images, e.g. ``{0: first}`` (image to video) or ``{0: first, -1: last}``
+        (in-between); ``video`` (T, H, W, 3) is continued from its last ``keep`` frames (default
+        half the model's frames), which open the result. Images of any size are scaled and
+        centre-cropped as ``univid prepare`` does; the given frames come back unchanged.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:
@@ -113,8 +123,21 @@ class Pipeline:
         NUM_VIDEOS.check("num_videos", num_videos)
         all_prompts = [p for p in prompts for _ in range(num_videos)]
         seeds = [seed + k for _ in prompts for k in range(num_videos)]
+        given = None
+        if images or video is not None or keep is not None:
+            data = self.config.data
+            one = frames_from(data.frames, data.height, data.width, images, video, keep)
+            given = [one] * len(all_prompts)
         videos = self.generate(
-            all_prompts, seeds, num_steps, guidance_scale, shift, progress, solver, step_cache
+            all_prompts,
+            seeds,
+            num_steps,
+            guidance_scale,
+            shift,
+            progress,
+            solver,
+            step_cache,
+            given,
         )
         return videos[0] if isinstance(prompt, str) and num_videos == 1 else videos
 
@@ -129,12 +152,15 @@ class Pipeline:
         progress: bool = False,
         solver: str | None = None,
         step_cache: float | None = None,
+        given: Sequence[dict[int, np.ndarray]] | None = None,
     ) -> np.ndarray:
         """One video per (prompt, seed) pair, in one batch: uint8 (N, T, H, W, 3).
 
         ``solver`` ('euler', 'heun', 'midpoint') and ``step_cache`` (threshold, 0 = off)
         default to the config's ``flow`` section; after the call ``self.last_cache`` holds
-        the cache's counts (calls, skipped) when one was used.
+        the cache's counts (calls, skipped) when one was used. ``given`` holds per video the
+        frames it is given (frame index -> uint8 (H, W, 3) at the model's size, see
+        :func:`univid.given.frames_from`); they are kept fixed and returned as they are.
         """
         flow, data = self.config.flow, self.config.data
         steps = flow.sample_steps if num_steps is None else num_steps
@@ -167,6 +193,7 @@ class Pipeline:
         null, null_mask = self.text_encoder.encode([""] * len(prompts))
         cache = StepCache(threshold) if threshold > 0 else None
         velocity = guided(self.model, text, mask, null, null_mask, scale)
+        fixed = self.given(given, len(prompts), latent)
         amp = autocast_dtype(self.precision, self.device)
         bar = tqdm(total=steps, desc="sampling", disable=not progress, leave=False)
         with (
@@ -174,7 +201,7 @@ class Pipeline:
             caching.step_cache(self.model, cache),
             autocast(self.device, amp),
         ):
-            x = ode_sample(velocity, noise, steps, solver, shift, callback=lambda _: bar.update())
+            x = ode_sample(velocity, noise, steps, solver, shift, lambda _: bar.update(), fixed)
         bar.close()
         self.last_cache = cache
         # One check at the end (flow/ knows only torch): NaN or inf would be written as black.
@@ -183,4 +210,25 @@ class Pipeline:
                 "sampling produced NaN or infinite values (the model's weights, guidance "
                 f"{scale:g} or shift {shift:g} overflow); no video written"
             )
-        return to_uint8(self.autoencoder.decode(x.float()))
+        videos = to_uint8(self.autoencoder.decode(x.float()))
+        for video, frames in zip(videos, given or []):  # bit for bit, whatever the autoencoder
+            for index, image in frames.items():
+                video[index] = image
+        return videos
+
+    def given(
+        self, given: Sequence[dict[int, np.ndarray]] | None, count: int, latent: tuple
+    ) -> Given | None:
+        """The sampler's fixed frames for ``given`` (see :meth:`generate`), checked."""
+        if not given or not any(given):
+            return None
+        if len(given) != count:
+            raise InputError(f"{count} videos need as many sets of given frames, got {len(given)}")
+        if mix(self.config)["t2v"] == 1.0:
+            raise InputError(
+                "this model was trained for text to video only (no flow.mix_* besides t2v): "
+                "it cannot take given frames"
+            )
+        data = self.config.data
+        time_frames = latent[0] // self.config.model.patch[0]
+        return to_given(list(given), self.autoencoder, data.frames, time_frames, self.device)

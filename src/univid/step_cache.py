@@ -85,11 +85,11 @@ class CachedBlocks(DiTBlocks):
         super().__init__(blocks)
         self.cache = cache
 
-    def probe(self, seq: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def probe(self, seq: torch.Tensor, cond: torch.Tensor, text_len: int) -> torch.Tensor:
         """The first block's modulated input of the attention."""
         first = self[0]
-        shift, scale = first.modulation_of(cond).unbind(dim=1)[:2]
-        return modulate(first.norm1(seq), shift, scale)
+        shift, scale = first.modulation_of(cond).unbind(dim=-2)[:2]
+        return modulate(first.norm1(seq), shift, scale, text_len)
 
     def forward(
         self,
@@ -97,10 +97,11 @@ class CachedBlocks(DiTBlocks):
         cond: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
+        text_len: int = 0,
     ) -> torch.Tensor:
-        if self.cache.should_skip(self.probe(seq, cond)):
+        if self.cache.should_skip(self.probe(seq, cond, text_len)):
             return seq + self.cache.residual
-        out = super().forward(seq, cond, rope, mask)
+        out = super().forward(seq, cond, rope, mask, text_len)
         self.cache.store(seq, out)
         return out
 

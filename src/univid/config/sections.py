@@ -85,6 +85,17 @@ class FlowConfig:
     """Time shift s of the sampling schedule, t' = s t / (1 + (s - 1) t); 1 is no shift."""
     guidance: float = 4.0
     """Default classifier-free guidance scale; 1 disables guidance."""
+    mix_t2v: float = 1.0
+    """Training mix, weight of text-to-video samples: one time for every frame."""
+    mix_per_frame: float = 0.0
+    """Training mix, weight of samples with an independent time per latent frame."""
+    mix_i2v: float = 0.0
+    """Training mix, weight of samples whose first latent frame is given (image to video)."""
+    mix_extend: float = 0.0
+    """Training mix, weight of samples whose first k latent frames are given (extension), k
+    uniform in 2 .. frames - 1."""
+    mix_interpolate: float = 0.0
+    """Training mix, weight of samples whose first and last latent frames are given."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -221,6 +232,13 @@ SECTIONS: dict[str, type] = {
     "parallel": ParallelConfig,
 }
 
+# The conditioning modes: what a training sample's frames are given, and what `univid eval
+# --mode` measures (all but 'per_frame'); flow.mix_<mode> is each one's weight in training.
+MODES = ("t2v", "per_frame", "i2v", "extend", "interpolate")
+EVAL_MODES = tuple(m for m in MODES if m != "per_frame")
+# Latent frames a mode needs: a given frame and one to generate; extension gives 2 or more.
+MODE_FRAMES = {"t2v": 1, "per_frame": 1, "i2v": 2, "extend": 3, "interpolate": 3}
+
 # Allowed values of the string-valued keys; the ones that belong to a module of their own are
 # read from it when a config is checked (this module stays free of torch, so the CLI starts fast).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -293,6 +311,7 @@ RANGES: dict[str, Range] = {
     "flow.step_cache": Range(0, 1_000, real=True),
     "flow.shift": Range(1e-3, 1e3, real=True),
     "flow.guidance": Range(0, 1_000, real=True),
+    **{f"flow.mix_{mode}": Range(0, 1e6, real=True) for mode in MODES},
     "data.frames": Range(1, 8_192),
     "data.height": Range(1, 16_384),
     "data.width": Range(1, 16_384),
@@ -340,8 +359,24 @@ def _check_ranges(cfg: Config) -> None:
             _check(v in allowed, key, f"must be {allowed.describe()}", value)
 
 
+def mix(cfg: Config) -> dict[str, float]:
+    """The training mix: mode -> probability (the ``flow.mix_*`` weights, normalised)."""
+    weights = {mode: getattr(cfg.flow, f"mix_{mode}") for mode in MODES}
+    total = sum(weights.values())
+    return {mode: w / total for mode, w in weights.items()}
+
+
 def _check_shapes(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
+    weights = [getattr(cfg.flow, f"mix_{mode}") for mode in MODES]
+    _check(sum(weights) > 0, "flow.mix_t2v", "the flow.mix_* weights must not all be 0", 0)
+    if m.backbone == "encoder" and m.time_mode == "token" and sum(weights[1:]):
+        _check(
+            False,
+            "model.time_mode",
+            "per-frame time (a flow.mix_* other than t2v) needs token+add or the dit backbone",
+            m.time_mode,
+        )
     _check(len(m.patch) == 3, "model.patch", "three sizes", m.patch)
     _check(
         m.mlp_ratio * m.width >= 2,

@@ -1,13 +1,23 @@
 """Rectified flow: straight paths, velocity regression, ODE sampling. Imports only torch."""
 
-from univid.flow.path import flow_loss, flow_loss_per_sample, sample_path
-from univid.flow.sampler import SOLVERS, conditional, euler_sample, guided, nfe, ode_sample
+from univid.flow.path import expand_time, flow_loss, flow_loss_per_sample, sample_path
+from univid.flow.sampler import (
+    SOLVERS,
+    Given,
+    conditional,
+    euler_sample,
+    guided,
+    nfe,
+    ode_sample,
+)
 from univid.flow.timesteps import logit_normal, sampling_times, shift_time, uniform
 
 __all__ = [
     "SOLVERS",
+    "Given",
     "conditional",
     "euler_sample",
+    "expand_time",
     "flow_loss",
     "flow_loss_per_sample",
     "guided",

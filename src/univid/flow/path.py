@@ -4,6 +4,10 @@
     v   = d x_t / d t = noise - x_data          (constant along the line)
 
 The network regresses v with a mean squared error.
+
+t is one time per sample (B,), or one per latent frame (B, T') ("diffusion forcing"): then each
+frame walks its own straight line, and frames given as conditioning sit at t = 0 (x_t is the
+data, bit for bit) and carry no loss.
 """
 
 from __future__ import annotations
@@ -13,16 +17,25 @@ from collections.abc import Callable
 import torch
 
 
-def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(B,) -> (B, 1, 1, ...) so t broadcasts over every non-batch dimension of ``like``."""
-    return t.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+def expand_time(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B,) -> (B, 1, 1, ...) so t broadcasts over every non-batch dimension of ``like``;
+    per-frame (B, T') -> (B, 1, T, 1, 1) for ``like`` (B, C, T, H, W), each latent frame's time
+    repeated over its T / T' frames."""
+    if t.ndim == 1:
+        return t.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+    frames = like.shape[2]
+    if frames % t.shape[1]:
+        raise ValueError(f"{t.shape[1]} per-frame times do not divide {frames} frames")
+    per = t.repeat_interleave(frames // t.shape[1], dim=1)
+    return per.reshape(t.shape[0], 1, frames, 1, 1).to(like.dtype)
 
 
 def sample_path(
     x_data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Point on the straight path at time t (B,) and the target velocity: (x_t, noise - x_data)."""
-    tt = _expand(t, x_data)
+    """Point on the straight path at time t (B,) or (B, T') and the target velocity:
+    (x_t, noise - x_data)."""
+    tt = expand_time(t, x_data)
     return (1 - tt) * x_data + tt * noise, noise - x_data
 
 
@@ -31,9 +44,10 @@ def flow_loss(
     x_data: torch.Tensor,
     noise: torch.Tensor,
     t: torch.Tensor,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between ``velocity_fn(x_t, t)`` and the path velocity (fp32)."""
-    return flow_loss_per_sample(velocity_fn, x_data, noise, t).mean()
+    return flow_loss_per_sample(velocity_fn, x_data, noise, t, given).mean()
 
 
 def flow_loss_per_sample(
@@ -41,8 +55,16 @@ def flow_loss_per_sample(
     x_data: torch.Tensor,
     noise: torch.Tensor,
     t: torch.Tensor,
+    given: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Like :func:`flow_loss`, but one mean squared error per sample: shape (B,)."""
+    """Like :func:`flow_loss`, but one mean squared error per sample: shape (B,).
+
+    ``given`` (B, T') bool marks the latent frames given as conditioning (their t should be 0):
+    they carry no loss, and each sample's error is the mean over its other frames only.
+    """
     x_t, target = sample_path(x_data, noise, t)
-    prediction = velocity_fn(x_t, t)
-    return ((prediction.float() - target.float()) ** 2).flatten(1).mean(1)
+    error = (velocity_fn(x_t, t).float() - target.float()) ** 2
+    if given is None:
+        return error.flatten(1).mean(1)
+    keep = expand_time((~given).float(), error).expand_as(error).flatten(1)  # (B, C*T*H*W)
+    return (error.flatten(1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)

@@ -9,15 +9,48 @@ velocity field ``v(x, t)`` that evaluates both branches in one batched forward a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
+from univid.flow.path import expand_time
 from univid.flow.timesteps import sampling_times
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 SOLVERS = ("euler", "heun", "midpoint")
+
+
+@dataclass(frozen=True)
+class Given:
+    """Frames given as conditioning: they stay at t = 0 and come back bit for bit.
+
+    ``x`` is like the noise (B, C, T, H, W) and holds the given values where ``mask`` is True
+    (elsewhere anything); ``mask`` (B, T') bool marks the given latent frames, any indices.
+    """
+
+    x: torch.Tensor
+    mask: torch.Tensor
+
+    def start(self, noise: torch.Tensor) -> torch.Tensor:
+        """The given frames in place of the noise at t = 1."""
+        return torch.where(self.pixels(noise), self.x.to(noise.dtype), noise)
+
+    def pixels(self, like: torch.Tensor) -> torch.Tensor:
+        """The mask broadcast over (B, C, T, H, W)."""
+        return expand_time(self.mask, like).bool()
+
+    def field(self, velocity_fn: VelocityFn) -> VelocityFn:
+        """``velocity_fn`` with the given frames' time at 0 and their velocity zero, so every
+        solver leaves them exactly as they are (x + h * 0 = x)."""
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            times = torch.where(self.mask, torch.zeros_like(t[:, None]), t[:, None])  # (B, T')
+            v = velocity_fn(x, times)
+            return torch.where(self.pixels(v), torch.zeros_like(v), v)
+
+        return velocity
 
 
 def euler_sample(
@@ -41,6 +74,7 @@ def ode_sample(
     solver: str = "euler",
     shift: float = 1.0,
     callback: Callable[[int], None] | None = None,
+    given: Given | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from t = 1 (noise) to t = 0 over ``steps`` intervals.
 
@@ -51,11 +85,15 @@ def ode_sample(
     - 'midpoint' (2nd order, 2 velocities per step): x + h v(x + h/2 v(x, t), t + h/2).
 
     ``shift`` bends the time grid (see :func:`univid.flow.sampling_times`); :func:`nfe` gives
-    the number of velocity evaluations.
+    the number of velocity evaluations. With ``given`` frames the model gets per-frame t
+    (B, T'): 0 for the given frames, which are returned bit for bit, and the common t for
+    the rest.
     """
     _check_solver(solver)
     times = sampling_times(steps, shift, device=noise.device)
     x = noise
+    if given is not None:
+        velocity_fn, x = given.field(velocity_fn), given.start(noise)
     for i in range(steps):
         t, t_next = times[i], times[i + 1]
         h = t_next - t
@@ -71,7 +109,7 @@ def ode_sample(
             x = x + h * v
         if callback is not None:
             callback(i)
-    return x
+    return x if given is None else given.start(x)
 
 
 def _check_solver(solver: str) -> None:

@@ -11,6 +11,7 @@ learned offset (PixArt-alpha's adaLN-single), which removes most of the modulati
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +19,10 @@ from torch import nn
 
 from univid.model.embed import (
     TimeEmbedding,
+    check_time,
     patchify,
     per_sample_linear,
+    rowwise,
     unpatchify,
     velocity_from_data,
 )
@@ -29,13 +32,45 @@ MODULATIONS = 6  # shift, scale, gate for attention; shift, scale, gate for the 
 
 
 def modulation(mlp: nn.Sequential, c: torch.Tensor) -> torch.Tensor:
-    """SiLU -> Linear of the conditioning vector c (B, D), the same bits whatever B."""
-    return per_sample_linear(mlp[1], mlp[0](c))
+    """SiLU -> Linear of the conditioning vector(s) c (B, D) or (B, G, D), the same bits
+    whatever B or G."""
+    return per_sample_linear(mlp[1], rowwise(mlp[0], c, 2))
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (B, N, D) * (1 + scale) + shift, with shift and scale (B, D) per sample (one pass)."""
-    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+def by_group(
+    fn: Callable[..., torch.Tensor],
+    tokens: tuple[torch.Tensor, ...],
+    params: tuple[torch.Tensor, ...],
+    text_len: int,
+) -> torch.Tensor:
+    """``fn(*tokens, *params)`` with each param broadcast to the tokens it conditions.
+
+    tokens are (B, N, D). With one time per sample the params are (B, D) and hold for every
+    token. With one time per frame they are (B, 1 + T', D): row 0 for the first ``text_len``
+    tokens (the caption), row 1 + f for the video tokens of frame f, which follow in raster
+    order, so each frame's row is broadcast over its H' W' tokens and never copied per token.
+    """
+    if params[0].ndim == 2:
+        return fn(*tokens, *(p[:, None] for p in params))
+    frames = params[0].shape[1] - 1
+    text = fn(*(x[:, :text_len] for x in tokens), *(p[:, :1] for p in params))
+    video = fn(
+        *(x[:, text_len:].unflatten(1, (frames, -1)) for x in tokens),  # (B, T', H'W', D)
+        *(p[:, 1:, None] for p in params),  # (B, T', 1, D)
+    )
+    return torch.cat([text, video.flatten(1, 2)], dim=1)
+
+
+def modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, text_len: int = 0
+) -> torch.Tensor:
+    """x (B, N, D) * (1 + scale) + shift, per sample or per frame (see :func:`by_group`)."""
+    return by_group(lambda x, a, b: torch.addcmul(a, x, 1 + b), (x,), (shift, scale), text_len)
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, text_len: int = 0) -> torch.Tensor:
+    """The residual x + gate * y, per sample or per frame (see :func:`by_group`)."""
+    return by_group(lambda x, y, g: torch.addcmul(x, g, y), (x, y), (gate,), text_len)
 
 
 class Attention(nn.Module):
@@ -97,10 +132,11 @@ class DiTBlock(nn.Module):
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, MODULATIONS * width))
 
     def modulation_of(self, cond: torch.Tensor) -> torch.Tensor:
-        """(B, 6, D) shift/scale/gate pairs for this block from c (or the shared modulation)."""
+        """(B, [G,] 6, D) shift/scale/gate pairs for this block from c (or the shared
+        modulation), with G = 1 + T' rows when time is per frame."""
         if self.shared:
             return cond + self.offset
-        return modulation(self.modulation, cond).view(cond.shape[0], MODULATIONS, -1)
+        return modulation(self.modulation, cond).unflatten(-1, (MODULATIONS, -1))
 
     def forward(
         self,
@@ -108,22 +144,25 @@ class DiTBlock(nn.Module):
         cond: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
+        text_len: int = 0,
     ) -> torch.Tensor:
-        """x (B, N, D); cond is c (B, D), or the shared modulation (B, 6, D) for shared blocks;
-        rope the (cos, sin) tables (N, head_dim); mask None (attend everywhere) or (B, 1, 1, N)
-        bool, False = padding (never attended)."""
+        """x (B, N, D); cond is c (B, [G,] D), or the shared modulation (B, [G,] 6, D) for
+        shared blocks, G = 1 + T' rows (caption, then each frame) when time is per frame;
+        rope the (cos, sin) tables (N, head_dim); mask None (attend everywhere) or
+        (B, 1, 1, N) bool, False = padding (never attended); text_len the caption tokens at
+        the front of x (used only with per-frame rows)."""
         B, N, D = x.shape
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation_of(cond).unbind(dim=1)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation_of(cond).unbind(dim=-2)
 
-        h = modulate(self.norm1(x), shift1, scale1)
+        h = modulate(self.norm1(x), shift1, scale1, text_len)
         q, k, v = self.qkv(h).view(B, N, 3, self.heads, self.head_dim).unbind(dim=2)
         q = apply_rope(self.q_norm(q), rope).transpose(1, 2)  # (B, heads, N, head_dim)
         k = apply_rope(self.k_norm(k), rope).transpose(1, 2)
         v = v.transpose(1, 2)
         attn = self.attention(q, k, v, mask)
-        x = torch.addcmul(x, gate1[:, None], self.proj(attn.transpose(1, 2).reshape(B, N, D)))
-        h = modulate(self.norm2(x), shift2, scale2)
-        return torch.addcmul(x, gate2[:, None], self.mlp(h))
+        x = gated(x, gate1, self.proj(attn.transpose(1, 2).reshape(B, N, D)), text_len)
+        h = modulate(self.norm2(x), shift2, scale2, text_len)
+        return gated(x, gate2, self.mlp(h), text_len)
 
 
 class DiTBlocks(nn.ModuleList):
@@ -135,9 +174,10 @@ class DiTBlocks(nn.ModuleList):
         cond: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
+        text_len: int = 0,
     ) -> torch.Tensor:
         for block in self:
-            seq = block(seq, cond, rope, mask)
+            seq = block(seq, cond, rope, mask, text_len)
         return seq
 
 
@@ -207,14 +247,23 @@ class DiTStream(nn.Module):
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
-    def condition(self, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None):
-        """c (B, D) = time embedding + projection of the mean of the real caption tokens."""
+    def condition(
+        self, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """c = time embedding + projection of the mean of the real caption tokens: (B, D) for
+        t (B,); for per-frame t (B, T') it is (B, 1 + T', D), row 1 + f for frame f's video
+        tokens and row 0 for the caption tokens, which take the time of the noisiest frame
+        (the largest t: with every frame at one t that is the per-sample c, bit for bit)."""
         if text_mask is None:
             pooled = text.mean(1)
         else:
             weights = text_mask.to(text.dtype)[..., None]
             pooled = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-        return self.time_embed(t) + per_sample_linear(self.text_pool, pooled)
+        pooled = per_sample_linear(self.text_pool, pooled)
+        if t.ndim == 1:
+            return self.time_embed(t) + pooled
+        rows = torch.cat([t.amax(1, keepdim=True), t], dim=1)  # (B, 1 + T')
+        return self.time_embed(rows) + pooled[:, None]
 
     def forward(
         self,
@@ -223,12 +272,14 @@ class DiTStream(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real,
-        or None when no caption has padding: then attention runs without any mask, which lets
+        """x (B, C, T, H, W); t (B,), or (B, T') with one time per latent frame (T' = T / pt,
+        see :func:`check_time`); text (B, L, Dtext), text_mask (B, L) bool, True = real, or
+        None when no caption has padding: then attention runs without any mask, which lets
         every fused kernel take it."""
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
+        check_time(t, B, grid[0])
         L = text.shape[1]
         text = self.text_norm(text)
         c = self.condition(t, text, text_mask)
@@ -241,8 +292,8 @@ class DiTStream(nn.Module):
         angles = rope_angles(stream_positions(L, grid, x.device), self.head_dim, self.rope_base)
         cos, sin = rope_tables(angles)
         rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
-        cond = modulation(self.modulation, c).view(B, MODULATIONS, -1) if self.shared else c
-        seq = self.blocks(seq, cond, rope, mask)
+        cond = modulation(self.modulation, c).unflatten(-1, (MODULATIONS, -1)) if self.shared else c
+        seq = self.blocks(seq, cond, rope, mask, L)
         shift, scale = modulation(self.modulation_out, c).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(seq[:, L:]), shift, scale))
         out = unpatchify(out, self.patch, (C, T, H, W))

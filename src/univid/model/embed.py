@@ -6,6 +6,7 @@ Only torch is imported here: the model knows nothing of flows, data or training.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +78,19 @@ def per_sample_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x.double(), linear.weight.double(), linear.bias.double()).float()
 
 
+def rowwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ndim: int) -> torch.Tensor:
+    """An elementwise ``fn`` of per-sample input x (``ndim`` dimensions, batch first), or of
+    per-frame input (B, G, ...) one row at a time.
+
+    CPU's vectorised SiLU and sin round an element by where it falls in the tensor, so feeding
+    contiguous (B, ...) slices keeps each row's bits those of a per-sample call: per-frame time
+    with every frame equal then gives the per-sample result exactly. G = 1 + frames is small.
+    """
+    if x.ndim == ndim:
+        return fn(x)
+    return torch.stack([fn(x[:, g].contiguous()) for g in range(x.shape[1])], dim=1)
+
+
 class TimeEmbedding(nn.Module):
     """Continuous t in [0, 1] -> sinusoidal features -> MLP -> (B, D)."""
 
@@ -86,10 +100,30 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """t (B,) -> (B, D), or per frame (B, G) -> (B, G, D)."""
         # Scale t to [0, 1000] so the highest frequencies resolve small changes of t.
-        h = sincos_1d(t * 1000.0, self.freq_dim).to(self.mlp[0].weight.dtype)
-        h = per_sample_linear(self.mlp[0], h)
-        return per_sample_linear(self.mlp[2], self.mlp[1](h))
+        h = rowwise(lambda r: sincos_1d(r * 1000.0, self.freq_dim), t, 1)
+        h = per_sample_linear(self.mlp[0], h.to(self.mlp[0].weight.dtype))
+        return per_sample_linear(self.mlp[2], rowwise(self.mlp[1], h, 2))
+
+
+def check_time(t: torch.Tensor, batch: int, frames: int) -> None:
+    """Raise ValueError unless t is (B,) (one time per sample) or (B, T') (one per latent
+    frame: T' = frames after the temporal patch)."""
+    if tuple(t.shape) not in ((batch,), (batch, frames)):
+        raise ValueError(
+            f"t must be ({batch},) or ({batch}, {frames}) (one time per latent frame), "
+            f"got {tuple(t.shape)}"
+        )
+
+
+def frame_times(t: torch.Tensor, frames: int) -> torch.Tensor:
+    """t (B,) or (B, T') -> (B, 1, frames, 1, 1): each latent frame's time over its
+    ``frames / T'`` frames of a (B, C, frames, H, W) tensor."""
+    if t.ndim == 1:
+        return t.reshape(-1, 1, 1, 1, 1)
+    per = t.repeat_interleave(frames // t.shape[1], dim=1)
+    return per.reshape(t.shape[0], 1, frames, 1, 1)
 
 
 def velocity_from_data(
@@ -100,7 +134,8 @@ def velocity_from_data(
     With pixel patches as wide as the model (C*pt*ph*pw >= D) a network cannot carry the noise
     of its input through to a velocity output, but clean data lies on a small manifold and is
     easy to predict; this reparameterisation keeps the velocity interface (JiT, Li & He 2025).
-    t is floored at ``min_time`` so errors are not blown up near t=0.
+    t is floored at ``min_time`` so errors are not blown up near t=0; it is (B,) or per frame
+    (B, T').
     """
-    tt = t.float().clamp_min(min_time).reshape(-1, 1, 1, 1, 1)
+    tt = frame_times(t.float().clamp_min(min_time), x.shape[2])
     return (x.float() - x_data.float()) / tt

@@ -15,6 +15,7 @@ from torch import nn
 
 from univid.model.embed import (
     TimeEmbedding,
+    check_time,
     patchify,
     sincos_1d,
     sincos_3d,
@@ -96,11 +97,17 @@ class EncoderStream(nn.Module):
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """x (B, C, T, H, W), t (B,), text (B, L, Dtext), text_mask (B, L) bool, True = real,
-        or None when no caption has padding (attention then runs without a mask)."""
+        """x (B, C, T, H, W); t (B,), or (B, T') one per latent frame, which needs
+        ``time_mode='token+add'``: each frame's time embedding is added to its video tokens,
+        while the time token and the caption tokens take the largest t (the noisiest frame);
+        text (B, L, Dtext), text_mask (B, L) bool, True = real, or None when no caption has
+        padding (attention then runs without a mask)."""
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
+        check_time(t, B, grid[0])
+        if t.ndim == 2 and self.time_mode != "token+add":
+            raise ValueError("per-frame t needs time_mode='token+add' (or the dit backbone)")
         L = text.shape[1]
         emb = self.modality.weight  # (3, D)
 
@@ -109,13 +116,22 @@ class EncoderStream(nn.Module):
         positions = torch.arange(L, device=x.device)
         txt = self.text_in(self.text_norm(text))  # (B, L, D)
         txt = txt + sincos_1d(positions, self.width).to(txt.dtype) + emb[TEXT]
-        t_emb = self.time_embed(t)[:, None]  # (B, 1, D)
+        per_frame = t.ndim == 2
+        # per frame, row 0 is the noisiest frame's time, for the time and caption tokens
+        rows = self.time_embed(torch.cat([t.amax(1, keepdim=True), t], dim=1) if per_frame else t)
+        t_emb = rows[:, :1] if per_frame else rows[:, None]  # (B, 1, D)
 
         seq = torch.cat([(t_emb + emb[TIME]).to(video.dtype), txt.to(video.dtype), video], dim=1)
         if self.time_mode == "token+add":
             # A lone time token reaches the video only through attention weights, too weakly
             # to tell t = 0.3 from t = 0.95 early in training; adding t to every token does.
-            seq = seq + t_emb.to(seq.dtype)
+            if per_frame:  # each frame's video tokens get their own frame's time
+                head = seq[:, : 1 + L] + t_emb.to(seq.dtype)
+                frames = seq[:, 1 + L :].unflatten(1, (grid[0], -1))  # (B, T', H'W', D)
+                frames = frames + rows[:, 1:, None].to(seq.dtype)
+                seq = torch.cat([head, frames.flatten(1, 2)], dim=1)
+            else:
+                seq = seq + t_emb.to(seq.dtype)
         padding = None
         if text_mask is not None:
             keep = torch.ones(B, 1 + L + video.shape[1], dtype=torch.bool, device=x.device)

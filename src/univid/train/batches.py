@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from univid.config import Config, replace
+from univid.config.sections import MODE_FRAMES, MODES, mix
 from univid.data import BadSample
 from univid.data.buckets import BucketSampler, bucket_name
 from univid.data.cache import CacheDataset, CachedClip
@@ -40,7 +41,8 @@ class MicroBatch:
     captions: list[str]
     text: torch.Tensor | None  # cached caption states (B, L, D), or None: encode the captions
     text_mask: torch.Tensor | None  # (B, L) True on real tokens
-    t: torch.Tensor  # (B,)
+    t: torch.Tensor  # (B,), or (B, T') one per latent frame when the mix has other modes
+    given: torch.Tensor | None  # (B, T') bool, True on frames given as conditioning; or None
     noise: torch.Tensor  # like x
     weight: torch.Tensor  # (B,) 1 for a usable sample, 0 for a skipped one
     skipped: list[tuple[int, str]]  # (dataset index, reason)
@@ -83,6 +85,8 @@ class BatchPlan:
         self.cfg, self.dist, self.dataset = cfg, dist, dataset
         t = cfg.train
         self.share = dist.world * t.grad_accum  # micro-batches per global batch
+        self.mix = list(mix(cfg).values())
+        self.per_frame = self.mix[0] < 1.0  # any mode besides text to video
         self.global_batch = t.batch_size * self.share
         buckets = getattr(dataset, "buckets", None)
         self.sampler: StreamSampler | BucketSampler
@@ -137,7 +141,7 @@ class BatchPlan:
         per = len(indices) // self.share
         first = (self.dist.rank * self.cfg.train.grad_accum + micro) * per
         parts = [self.sample(indices[j], samples_seen + j) for j in range(first, first + per)]
-        xs, captions, states, times, noises, weight, skipped = zip(*parts)
+        xs, captions, states, times, givens, noises, weight, skipped = zip(*parts)
         text = mask = None
         if states[0] is not None:
             t = self.cfg.text
@@ -148,7 +152,8 @@ class BatchPlan:
             captions=list(captions),
             text=text,
             text_mask=mask,
-            t=torch.cat(times),
+            t=torch.stack(times) if self.per_frame else torch.cat(times),
+            given=torch.stack(givens) if self.per_frame else None,
             noise=_stack(noises),
             weight=torch.tensor(weight),
             skipped=[s for s in skipped if s is not None],
@@ -156,8 +161,8 @@ class BatchPlan:
         )
 
     def sample(self, index: int, position: int) -> tuple:
-        """(x, caption, text states or None, t, noise, weight, skip reason or None) of one
-        stream position."""
+        """(x, caption, text states or None, t, given, noise, weight, skip reason or None) of
+        one stream position."""
         cfg = self.cfg
         seed = cfg.train.seed
         skipped = None
@@ -176,13 +181,47 @@ class BatchPlan:
             x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
             x = x.float() / 127.5 - 1.0
         gen = torch.Generator().manual_seed(seed * 1_000_003 + position)
-        f = cfg.flow
-        if f.time_sampling == "uniform":
-            t = uniform(1, generator=gen)
-        else:
-            t = logit_normal(1, f.logit_mean, f.logit_std, gen)
+        t, given = self.times(x.shape[1] // cfg.model.patch[0], position, gen)
         noise = torch.randn(x.shape, generator=gen)
-        return x, "" if drop else caption, state, t, noise, weight, skipped
+        return x, "" if drop else caption, state, t, given, noise, weight, skipped
+
+    def times(
+        self, frames: int, position: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A sample's flow time and given frames, drawn from its conditioning mode.
+
+        Text-to-video-only runs draw one t (1,) and no mask, as before the mix existed. Otherwise
+        the mode is drawn from ``flow.mix_*`` (numpy stream [seed, position, 2]) and t is one
+        per latent frame (frames,): 'per_frame' draws each; the others draw one t for every
+        generated frame and put the given frames ('i2v': the first, 'extend': the first k,
+        'interpolate': the first and last) at t = 0.
+        """
+        f = self.cfg.flow
+        if not self.per_frame:
+            return self.draw_time(1, gen), None
+        rng = np.random.default_rng([self.cfg.train.seed, position, 2])
+        mode = MODES[rng.choice(len(MODES), p=self.mix)]
+        if frames < MODE_FRAMES[mode]:
+            raise ConfigError(
+                f"flow.mix_{mode}={getattr(f, f'mix_{mode}'):g} needs {MODE_FRAMES[mode]} or more "
+                f"latent frames; a clip has {frames} (frames / model.patch[0])"
+            )
+        t = self.draw_time(frames if mode == "per_frame" else 1, gen).expand(frames).clone()
+        given = torch.zeros(frames, dtype=torch.bool)
+        if mode == "i2v":
+            given[0] = True
+        elif mode == "extend":
+            given[: int(rng.integers(2, frames))] = True
+        elif mode == "interpolate":
+            given[[0, -1]] = True
+        return t.masked_fill(given, 0.0), given
+
+    def draw_time(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n flow times from the configured distribution."""
+        f = self.cfg.flow
+        if f.time_sampling == "uniform":
+            return uniform(n, generator=gen)
+        return logit_normal(n, f.logit_mean, f.logit_std, gen)
 
     def placeholder(self, index: int) -> Any:
         """What a bad item's place in a batch holds (its weight is 0)."""

@@ -209,8 +209,11 @@ class Trainer:
         x, t, noise = (
             v.to(self.device, non_blocking=True) for v in (batch.x, batch.t, batch.noise)
         )
+        given = None if batch.given is None else batch.given.to(self.device)
         with autocast(self.device, self.amp):
-            return flow_loss_per_sample(lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t)
+            return flow_loss_per_sample(
+                lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t, given
+            )
 
     def _sync_gradients(self, last: bool) -> Any:
         """Reduce gradients across ranks only on the last micro-batch of a step."""
