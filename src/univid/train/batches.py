@@ -199,13 +199,14 @@ class BatchPlan:
         f = self.cfg.flow
         if not self.per_frame:
             return self.draw_time(1, gen), None
-        rng = np.random.default_rng([self.cfg.train.seed, position, 2])
-        mode = MODES[rng.choice(len(MODES), p=self.mix)]
-        if frames < MODE_FRAMES[mode]:
+        need = max((MODE_FRAMES[m], m) for m, w in zip(MODES, self.mix) if w > 0)
+        if frames < need[0]:
             raise ConfigError(
-                f"flow.mix_{mode}={getattr(f, f'mix_{mode}'):g} needs {MODE_FRAMES[mode]} or more "
+                f"flow.mix_{need[1]}={getattr(f, f'mix_{need[1]}'):g} needs {need[0]} or more "
                 f"latent frames; a clip has {frames} (frames / model.patch[0])"
             )
+        rng = np.random.default_rng([self.cfg.train.seed, position, 2])
+        mode = MODES[rng.choice(len(MODES), p=self.mix)]
         t = self.draw_time(frames if mode == "per_frame" else 1, gen).expand(frames).clone()
         given = torch.zeros(frames, dtype=torch.bool)
         if mode == "i2v":
