@@ -4,6 +4,7 @@ This is the host side of image-to-video, extension and interpolation: user array
 fitted to the model's frame size the way ``univid prepare`` fits training clips (scale to cover,
 centre crop), indices are checked, and :func:`to_given` turns them into the
 :class:`univid.flow.Given` the sampler keeps fixed (one latent frame per given time).
+:func:`read_given` reads them from files (what ``univid generate --image/--video`` calls).
 """
 
 from __future__ import annotations
