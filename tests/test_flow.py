@@ -5,7 +5,9 @@ import torch
 
 from univid.flow import (
     SOLVERS,
+    Given,
     euler_sample,
+    expand_time,
     flow_loss,
     guided,
     logit_normal,
@@ -53,6 +55,28 @@ def test_every_solver_is_exact_on_straight_lines(solver, steps, shift):
     noise = torch.randn(2, 5, dtype=torch.float64)
     out = ode_sample(lambda x, t: (x - x_data) / t[:, None], noise, steps, solver, shift)
     assert torch.allclose(out, x_data, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_given_frames_stay_exact_for_every_solver_while_the_others_move(solver):
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(2, 3, 4, 2, 2, generator=gen)
+    mask = torch.tensor([[True, False, False, True], [False, True, False, False]])
+    given = Given(torch.randn(2, 3, 4, 2, 2, generator=gen), mask)
+    seen = []
+
+    def velocity(x, t):  # every frame's velocity depends on all frames and on its own time
+        seen.append((x.clone(), t.clone()))
+        return x.mean(dim=2, keepdim=True) + torch.sin(x) * (1 + expand_time(t, x))
+
+    out = ode_sample(velocity, noise, 5, solver, 2.0, given=given)
+    fixed = given.pixels(out).expand_as(out)
+    assert torch.equal(out[fixed], given.x[fixed])
+    assert (out != noise)[~fixed].all()
+    assert len(seen) == nfe(solver, 5)
+    for x, t in seen:  # the model always sees the given frames as they are, at t = 0
+        assert t.shape == (2, 4) and (t[mask] == 0).all() and (t[~mask] > 0).all()
+        assert torch.equal(x[fixed], given.x[fixed])
 
 
 @pytest.mark.parametrize("steps", [1, 2, 5])

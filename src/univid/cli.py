@@ -140,12 +140,18 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from univid.given import read_given
     from univid.pipeline import check_prompt
     from univid.video import check_output_path, save_video
 
     prompt = check_prompt(args.prompt)
     out = check_output_path(args.out)
     pipe = _pipeline(args)
+    d = pipe.config.data
+    images = [(0, args.image)] * bool(args.image) + [(-1, args.last_image)] * bool(args.last_image)
+    given = read_given(
+        d.frames, d.height, d.width, d.fps, images + args.frame, args.video, args.keep
+    )
     videos = pipe(
         [prompt],
         num_steps=args.steps,
@@ -154,6 +160,7 @@ def _generate(args: argparse.Namespace) -> None:
         num_videos=args.num,
         progress=True,
         **_sampling(args),
+        **given,
     )
     paths = [out] if args.num == 1 else [out.with_stem(f"{out.stem}-{k}") for k in range(args.num)]
     for video, path in zip(videos, paths):
@@ -209,6 +216,37 @@ def _pipeline(args: argparse.Namespace):
 
 def _sampling(args: argparse.Namespace) -> dict:
     return {"shift": args.shift, "solver": args.solver, "step_cache": args.step_cache}
+
+
+def _given_frame(text: str) -> tuple[int, str]:
+    """An argparse type: ``INDEX=PATH`` of ``--frame``."""
+    index, sep, path = text.partition("=")
+    try:
+        if not sep or not path:
+            raise ValueError
+        return int(index), path
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be INDEX=PATH, got {text!r}") from None
+
+
+def _add_given_options(p: argparse.ArgumentParser) -> None:
+    """Frames given to generation (models trained with a flow.mix_* besides t2v)."""
+    p.add_argument("--image", metavar="PATH", help="first frame (image to video)")
+    p.add_argument("--last-image", metavar="PATH", help="last frame (with --image: in-between)")
+    p.add_argument(
+        "--frame",
+        type=_given_frame,
+        action="append",
+        default=[],
+        metavar="INDEX=PATH",
+        help="an image at frame INDEX (negative counts from the end: --frame=-2=x.png); repeatable",
+    )
+    p.add_argument("--video", metavar="PATH", help="a clip to continue from its last frames")
+    p.add_argument(
+        "--keep",
+        type=_number(limits.KEEP),
+        help="frames of --video to continue, at the model's fps (default: half the model's)",
+    )
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -471,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scale", type=_number(limits.SCALE), default=1, help="nearest-neighbour upscaling factor"
     )
+    _add_given_options(p)
     _add_choice(p, "--device", DEVICES, default="auto")
     _add_speed_options(p)
     p.set_defaults(func=_generate)

@@ -4,17 +4,21 @@ This is the host side of image-to-video, extension and interpolation: user array
 fitted to the model's frame size the way ``univid prepare`` fits training clips (scale to cover,
 centre crop), indices are checked, and :func:`to_given` turns them into the
 :class:`univid.flow.Given` the sampler keeps fixed (one latent frame per given time).
+:func:`read_given` reads them from files (what ``univid generate --image/--video`` calls).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from univid.autoencoder import Autoencoder
-from univid.data.decode import ClipSpec, fit
+from univid.data import BadSample
+from univid.data.decode import ClipSpec, fit, read_clip, read_image
 from univid.errors import InputError
 from univid.flow import Given
 
@@ -48,22 +52,16 @@ def frames_from(
     """
     given: dict[int, np.ndarray] = {}
     for index, image in (images or {}).items():
-        if not isinstance(index, (int, np.integer)) or not -frames <= index < frames:
-            raise InputError(
-                f"frame index {index!r} is out of range: the video has {frames} frames "
-                f"(0..{frames - 1}, or -{frames}..-1 from the end)"
-            )
-        given[int(index) % frames] = fit_frame(image, height, width, f"the image for frame {index}")
+        i = frame_index(index, frames)
+        if i in given:
+            raise InputError(f"frame {i} is given twice (index {index} names it again)")
+        given[i] = fit_frame(image, height, width, f"the image for frame {index}")
+    keep = check_keep(frames, keep, video is not None)
     if video is None:
-        if keep is not None:
-            raise InputError("keep needs a video to continue")
         return given
     clip = np.asarray(video)
     if clip.ndim != 4:
         raise InputError(f"the video must be (T, H, W, 3) frames, got shape {clip.shape}")
-    keep = frames // 2 if keep is None else keep
-    if not 1 <= keep < frames:
-        raise InputError(f"keep must be 1..{frames - 1} (frames to continue), got {keep}")
     if len(clip) < keep:
         raise InputError(f"the video is too short: it has {len(clip)} frames, keep is {keep}")
     for i, frame in enumerate(clip[len(clip) - keep :]):
@@ -71,6 +69,70 @@ def frames_from(
             raise InputError(f"frame {i} is given twice (by an image and by the video)")
         given[i] = fit_frame(frame, height, width, f"frame {i} of the video")
     return given
+
+
+def frame_index(index: object, frames: int) -> int:
+    """``index`` (negative counts from the end) as 0..frames-1, or InputError."""
+    if not isinstance(index, (int, np.integer)) or not -frames <= index < frames:
+        raise InputError(
+            f"frame index {index!r} is out of range: the video has {frames} frames "
+            f"(0..{frames - 1}, or -{frames}..-1 from the end)"
+        )
+    return int(index) % frames
+
+
+def check_keep(frames: int, keep: int | None, video: bool) -> int | None:
+    """The number of a video's last frames to continue (default half of ``frames``); None
+    without a video (where ``keep`` must be None too)."""
+    if not video:
+        if keep is not None:
+            raise InputError("keep needs a video to continue")
+        return None
+    keep = frames // 2 if keep is None else keep
+    if not 1 <= keep < frames:
+        raise InputError(f"keep must be 1..{frames - 1} (frames to continue), got {keep}")
+    return keep
+
+
+def read_given(
+    frames: int,
+    height: int,
+    width: int,
+    fps: float,
+    images: Sequence[tuple[int, str | Path]] = (),
+    video: str | Path | None = None,
+    keep: int | None = None,
+) -> dict[str, Any]:
+    """Read the files of a generation's given frames: the keyword arguments ``images``,
+    ``video`` and ``keep`` of :meth:`univid.pipeline.Pipeline.__call__`.
+
+    ``images`` pairs frame indices with PNG, JPEG or WebP files (read at their own size);
+    ``video``'s last ``keep`` frames at ``fps`` (default half of ``frames``) are read fitted to
+    (height, width). Every unusable file, repeated index or bad ``keep`` is an InputError.
+    """
+    read: dict[int, np.ndarray] = {}
+    paths: dict[int, str | Path] = {}
+    for index, path in images:
+        i = frame_index(index, frames)
+        if i in paths:
+            raise InputError(f"frame {i} is given twice ({paths[i]} and {path})")
+        try:
+            read[index] = read_image(path)
+        except BadSample as exc:
+            raise InputError(f"image {path}: {exc}") from None
+        paths[i] = path
+    keep = check_keep(frames, keep, video is not None)
+    if video is None:
+        return {"images": read, "video": None, "keep": None}
+    assert keep is not None
+    spec = ClipSpec(frames=keep, height=height, width=width, fps=float(fps))
+    try:
+        clip = read_clip(video, spec, end=True)
+    except BadSample as exc:
+        raise InputError(f"video {video}: {exc}") from None
+    if len(clip) < keep:  # an image given as the video
+        raise InputError(f"video {video} is one image: it cannot give {keep} frames")
+    return {"images": read, "video": clip, "keep": keep}
 
 
 def to_given(

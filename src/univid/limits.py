@@ -64,6 +64,8 @@ NUM_VIDEOS = Range(1, 4096)
 SCALE = Range(1, 64)
 # Longest side of a written frame in pixels (GIF and PNG store sizes in 16 bits).
 MAX_FRAME_SIDE = 65_535
+# Frames of a clip that `generate --video` continues (the model's frame count bounds it too).
+KEEP = Range(1, 1_000_000)
 # Seeds per prompt of `univid eval`.
 EVAL_SEEDS = Range(1, 100_000)
 # Videos per sampling batch of `univid eval`, clips encoded together by `univid prepare`.

@@ -116,6 +116,7 @@ class Pipeline:
         (in-between); ``video`` (T, H, W, 3) is continued from its last ``keep`` frames (default
         half the model's frames), which open the result. Images of any size are scaled and
         centre-cropped as ``univid prepare`` does; the given frames come back unchanged.
+        :func:`univid.given.read_given` reads these arguments from image and video files.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if not prompts:

@@ -389,14 +389,23 @@ def fit(image: np.ndarray, spec: ClipSpec, offset: tuple[float, float] | None = 
     return out
 
 
+def read_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The RGB uint8 (H, W, 3) pixels of a PNG, JPEG or WebP file at its own size (EXIF
+    orientation applied); raises BadSample."""
+    image, _, _ = _read_image(_check_file(path), max_pixels)
+    assert image is not None
+    return image
+
+
 def read_clip(
-    path: str | Path, spec: ClipSpec, rng: np.random.Generator | None = None
+    path: str | Path, spec: ClipSpec, rng: np.random.Generator | None = None, end: bool = False
 ) -> np.ndarray:
     """uint8 (T, spec.height, spec.width, 3) with T = spec.frames for a video and 1 for an image.
 
     ``rng`` None: the clip starts at the first frame and the crop is centred; otherwise the start
     (uniform over the starts that leave room for the whole clip) and the crop offset are drawn
-    from it. Raises BadSample for anything that makes the file unusable."""
+    from it. ``end``: the clip is the video's last one instead (the latest start), crop centred.
+    Raises BadSample for anything that makes the file unusable."""
     path = _check_file(path)
     if is_image(path):
         image, _, _ = _read_image(path, spec.max_pixels)
@@ -406,13 +415,13 @@ def read_clip(
             return fit(image, spec, offset)[None]
     video = _open_video(path, spec.max_pixels)
     try:
-        return _read_video(path, video, spec, rng)
+        return _read_video(path, video, spec, None if end else rng, end)
     finally:
         video.close()
 
 
 def _read_video(
-    path: Path, video: _Video, spec: ClipSpec, rng: np.random.Generator | None
+    path: Path, video: _Video, spec: ClipSpec, rng: np.random.Generator | None, end: bool
 ) -> np.ndarray:
     info, fps = video.info, video.info.fps
     frames = info.frames if video.exact else max(1, info.frames - 1)  # room for a bad estimate
@@ -427,7 +436,10 @@ def _read_video(
         if info.frames < need:
             raise _too_short(info, spec, need)
         last_first = math.floor((frames - 1) - span * fps + 1e-6)
-    first = 0 if rng is None else int(rng.integers(0, max(0, last_first) + 1))
+    if end:
+        first = max(0, last_first)
+    else:
+        first = 0 if rng is None else int(rng.integers(0, max(0, last_first) + 1))
     offset = None if rng is None else (float(rng.random()), float(rng.random()))
 
     def emit(frame: Any) -> np.ndarray:
