@@ -26,11 +26,13 @@ from univid.data.shapes import (
     RADIUS_RANGE,
     REFERENCE_SIZE,
     ShapeClip,
+    all_prompts,
     render,
     sample_clip,
 )
 from univid.eval.judge import (
     FAILURES,
+    MERGED_MISFIT,
     SIZE_TOLERANCE,
     direction_of,
     failure_against,
@@ -90,10 +92,12 @@ def given_indices(mode: str, frames: int) -> list[int]:
 
 
 def conditioning_clip(
-    colour: str, shape: str, direction: str, seed: int, prompt_index: int, height: int, width: int
+    colour: str, shape: str, direction: str, seed: int, height: int, width: int
 ) -> ShapeClip:
-    """The held-out world clip of (prompt, seed): the prompt's attributes, the rest drawn."""
-    rng = np.random.default_rng([seed, prompt_index, HELD_OUT_STREAM])
+    """The held-out world clip of (prompt, seed): the prompt's attributes, the rest drawn from
+    [seed, the prompt's place in all_prompts(), HELD_OUT_STREAM]."""
+    index = all_prompts().index((colour, shape, direction))
+    rng = np.random.default_rng([seed, index, HELD_OUT_STREAM])
     return sample_clip(rng, height, width, shape=shape, colour=colour, direction=direction)
 
 
@@ -111,7 +115,7 @@ def _to_segment(point: np.ndarray, start: np.ndarray, end: np.ndarray) -> float:
 
 
 def _frame_rules(counts: list[int], stats: list[dict], generated: list[int], scale: float):
-    """The strict judge's one-object and size rules in every generated frame -> broken kinds."""
+    """The strict judge's one-object and size rules in the generated frames -> broken kinds."""
     broken = set()
     radius = {s["t"]: s["radius"] for s in stats}
     low = RADIUS_RANGE[0] * scale / SIZE_TOLERANCE
@@ -121,6 +125,11 @@ def _frame_rules(counts: list[int], stats: list[dict], generated: list[int], sca
             broken.add("empty" if counts[t] == 0 else "extra_object")
         elif not low <= radius[t] <= high:
             broken.add("size")
+    # Two copies merged into one component, judged as the strict judge does (median over
+    # frames, as noise can make one frame's edge stray) but on the generated frames alone.
+    misfits = [s["misfit"] for s in stats if s["single"] and s["t"] in generated]
+    if misfits and float(np.median(misfits)) > MERGED_MISFIT:
+        broken.add("extra_object")
     return broken
 
 

@@ -129,11 +129,10 @@ def _condition(items: list[dict], mode: str, size: tuple[int, int, int]) -> list
     what they were is added to the items as ``conditioning``."""
     frames, height, width = size
     indices = given_indices(mode, frames)
-    prompts = {p: k for k, p in enumerate(all_prompts())}
     conditions = []
     for item in items:
         attributes = (item["colour"], item["shape"], item["direction"])
-        clip = conditioning_clip(*attributes, item["seed"], prompts[attributes], height, width)
+        clip = conditioning_clip(*attributes, item["seed"], height, width)
         truth = render(clip, frames, height, width)
         conditions.append((clip, {t: truth[t] for t in indices}))
         item["conditioning"] = {
