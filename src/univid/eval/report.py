@@ -4,7 +4,8 @@
 judges them and summarises: the all-correct rate with its Wilson 95 % interval, the failures by
 kind, per-attribute accuracies and the seeds used. ``write_grid`` draws videos with their
 verdicts into one labelled PNG for a quick look; ``save_report`` writes the JSON, the grid of
-all videos and the grid of the failures only.
+all videos and the grid of the failures only. With a ``mode`` other than t2v each video is given
+frames of a held-out world clip of its prompt and judged by :mod:`univid.eval.modes`.
 
 Seeds are ``seed_offset .. seed_offset + num_seeds - 1``. The default offset is far from the
 small seeds that training, development, tests and the README use, so a published figure is
