@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from univid import limits
-from univid.config.sections import BUILTIN_AUTOENCODERS, RANGES
+from univid.config.sections import BUILTIN_AUTOENCODERS, EVAL_MODES, RANGES
 from univid.errors import InputError, UnividError
 from univid.limits import Range
 
@@ -189,10 +189,12 @@ def _eval(args: argparse.Namespace) -> None:
         steps=args.steps,
         guidance=args.guidance,
         batch_size=args.batch_size,
+        mode=args.mode,
         **_sampling(args),
     )
     failures = save_report(report, videos, out, grid)
     summary = {
+        "mode": report["mode"],
         **report["accuracy"],
         "wilson95": report["all_correct_wilson95"],
         "failures": report["failures"],
@@ -443,6 +445,14 @@ def _add_info_options(p: argparse.ArgumentParser) -> None:
 
 def _add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    _add_choice(
+        p,
+        "--mode",
+        EVAL_MODES,
+        default="t2v",
+        help="what each video is given: nothing, frame 0, the first half of a held-out clip, "
+        "or its first and last frames",
+    )
     p.add_argument("--seeds", type=_number(limits.EVAL_SEEDS), default=2, help="seeds per prompt")
     p.add_argument(
         "--seed-offset",

@@ -254,10 +254,14 @@ def _frames(video: np.ndarray, scale: float) -> tuple[list[int], list[dict]]:
     return counts, stats
 
 
-def _direction_of(
+def direction_of(
     times: np.ndarray, xs: np.ndarray, ys: np.ndarray, frames: int, scale: float
 ) -> tuple[str | None, float, float]:
-    """Least-squares centroid velocity -> (direction or None, dx, dy) over the whole clip."""
+    """Least-squares centroid velocity -> (direction or None, dx, dy) over the whole clip.
+
+    ``times`` may be a subset of the clip's ``frames``: the velocity fitted on them is still
+    scaled to the whole clip, so the same travel threshold applies.
+    """
     if times.size < 2:
         return None, float("nan"), float("nan")
     span = max(frames - 1, 1)
@@ -297,6 +301,14 @@ def _failure(counts: list[int], stats: list[dict], agreement: dict, moved: bool,
     return None if moved else "no_motion"
 
 
+def frame_objects(video: np.ndarray) -> tuple[list[int], list[dict]]:
+    """Per frame of a uint8 (T, H, W, 3) video: objects counted, and the judge's reading of the
+    largest (keys ``t``, ``single``, ``x``, ``y`` (centroid, px), ``shape``, ``vote`` (None
+    where unclear), ``colour``, ``radius``, ``misfit``, ...), as :func:`judge` sees them."""
+    video = np.asarray(video)
+    return _frames(video, min(video.shape[1:3]) / REFERENCE_SIZE)
+
+
 def _share(hits: list[bool]) -> float:
     """Share of frames that agree; 1 when no frame could tell."""
     return float(np.mean(hits)) if hits else 1.0
@@ -325,7 +337,7 @@ def judge(video: np.ndarray) -> Judgement:
         "shape": _share([s["vote"] == shape for s in single if s["vote"]]) if single else nan,
         "colour": _share([s["colour"] == colour for s in single]) if single else nan,
     }
-    direction, dx, dy = _direction_of(
+    direction, dx, dy = direction_of(
         np.asarray([s["t"] for s in read], dtype=np.float64),
         np.asarray([s["x"] for s in read]),
         np.asarray([s["y"] for s in read]),

@@ -4,7 +4,8 @@
 judges them and summarises: the all-correct rate with its Wilson 95 % interval, the failures by
 kind, per-attribute accuracies and the seeds used. ``write_grid`` draws videos with their
 verdicts into one labelled PNG for a quick look; ``save_report`` writes the JSON, the grid of
-all videos and the grid of the failures only.
+all videos and the grid of the failures only. With a ``mode`` other than t2v each video is given
+frames of a held-out world clip of its prompt and judged by :mod:`univid.eval.modes`.
 
 Seeds are ``seed_offset .. seed_offset + num_seeds - 1``. The default offset is far from the
 small seeds that training, development, tests and the README use, so a published figure is
@@ -23,13 +24,23 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from univid.data.shapes import COLOURS, DIRECTIONS, SHAPES, all_prompts, canonical_prompt
+from univid.config.sections import EVAL_MODES
+from univid.data.shapes import (
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    ShapeClip,
+    all_prompts,
+    canonical_prompt,
+    render,
+)
 from univid.eval.judge import FAILURES, failure_against, judge
+from univid.eval.modes import MODE_FAILURES, conditioning_clip, given_indices, judge_mode
 
 ATTRIBUTES = ("colour", "shape", "direction")
 EVAL_SEED_OFFSET = 1_000_000
 WILSON_Z = 1.959963984540054  # the 97.5 % quantile of the standard normal: a 95 % interval
-Generate = Callable[[list[str], list[int]], np.ndarray]
+Generate = Callable[..., np.ndarray]  # (prompts, seeds[, given=]) -> uint8 (N, T, H, W, 3)
 
 
 def _plan(num_seeds: int, seed_offset: int) -> list[dict]:
@@ -47,13 +58,19 @@ def _plan(num_seeds: int, seed_offset: int) -> list[dict]:
     ]
 
 
-def _generate_all(generate: Generate, items: list[dict], batch_size: int, progress: bool):
-    """Call ``generate`` chunk by chunk and check what it returns; (N, T, H, W, 3) uint8."""
+def _generate_all(
+    generate: Generate, items: list[dict], batch_size: int, progress: bool, given: list | None
+):
+    """Call ``generate`` chunk by chunk and check what it returns; (N, T, H, W, 3) uint8.
+
+    With ``given`` (one dict of given frames per item) it is passed on as ``given=``."""
     chunks = []
     with tqdm(total=len(items), desc="eval", unit="video", disable=not progress) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
-            videos = np.asarray(generate([i["prompt"] for i in chunk], [i["seed"] for i in chunk]))
+            extra = {"given": given[start : start + batch_size]} if given else {}
+            prompts, seeds = [i["prompt"] for i in chunk], [i["seed"] for i in chunk]
+            videos = np.asarray(generate(prompts, seeds, **extra))
             if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[0] != len(chunk):
                 raise ValueError(
                     f"generate must return uint8 (N={len(chunk)}, T, H, W, 3) videos, "
@@ -108,12 +125,43 @@ def _judge_item(item: dict, video: np.ndarray) -> None:
     item["correct"] = correct
 
 
+def _condition(items: list[dict], mode: str, size: tuple[int, int, int]) -> list[tuple]:
+    """The held-out world clip and given frames of each item (see :mod:`univid.eval.modes`);
+    what they were is added to the items as ``conditioning``."""
+    frames, height, width = size
+    indices = given_indices(mode, frames)
+    conditions = []
+    for item in items:
+        attributes = (item["colour"], item["shape"], item["direction"])
+        clip = conditioning_clip(*attributes, item["seed"], height, width)
+        truth = render(clip, frames, height, width)
+        conditions.append((clip, {t: truth[t] for t in indices}))
+        item["conditioning"] = {
+            "given": indices,
+            "start": list(clip.start),
+            "radius": clip.radius,
+            "distance": clip.distance,
+        }
+    return conditions
+
+
+def _judge_given_item(item: dict, video: np.ndarray, mode: str, clip: ShapeClip, given: dict):
+    """:func:`_judge_item` for a video made from given frames: the failure is the first of
+    MODE_FAILURES (:func:`univid.eval.modes.judge_mode`), its measurements go to ``checks``."""
+    _judge_item(item, video)
+    item["failure"], checks = judge_mode(mode, video, clip, given)
+    item["correct"]["all_correct"] = item["failure"] is None
+    item["checks"] = {k: _jsonable(v) for k, v in checks.items()}
+
+
 def run_eval(
     generate: Generate,
     num_seeds: int,
     batch_size: int = 32,
     progress: bool = True,
     seed_offset: int = EVAL_SEED_OFFSET,
+    mode: str = "t2v",
+    size: tuple[int, int, int] | None = None,
 ) -> tuple[dict, np.ndarray]:
     """Generate and judge ``num_seeds`` videos of every prompt, seeds from ``seed_offset`` on.
 
@@ -121,25 +169,39 @@ def run_eval(
     Returns the JSON-serialisable report and the videos (N, T, H, W, 3) in item order.
     ``all_correct`` is the headline: one object of the world's size, steady shape and colour,
     all three attributes as prompted; ``all_three`` checks only the attributes.
+
+    ``mode`` other than 't2v' (i2v, extend, interpolate) gives each video frames of a held-out
+    world clip of its prompt at ``size`` (frames, height, width: the generator's), passed as
+    ``generate(prompts, seeds, given=[{index: uint8 (H, W, 3)}, ...])``, and judges it with
+    :func:`univid.eval.modes.judge_mode`; failures are then counted by MODE_FAILURES.
     """
     if num_seeds < 1 or batch_size < 1 or seed_offset < 0:
         raise ValueError(
             f"num_seeds and batch_size must be >= 1 and seed_offset >= 0, "
             f"got {num_seeds}, {batch_size}, {seed_offset}"
         )
+    if mode not in EVAL_MODES or (mode != "t2v" and size is None):
+        raise ValueError(f"mode must be one of {EVAL_MODES} (all but t2v with a size), got {mode}")
     items = _plan(num_seeds, seed_offset)
-    videos = _generate_all(generate, items, batch_size, progress)
-    for item, video in zip(items, videos, strict=True):
-        _judge_item(item, video)
+    conditions = _condition(items, mode, size) if mode != "t2v" else []
+    given = [frames for _, frames in conditions]
+    videos = _generate_all(generate, items, batch_size, progress, given)
+    for k, (item, video) in enumerate(zip(items, videos, strict=True)):
+        if conditions:
+            _judge_given_item(item, video, mode, *conditions[k])
+        else:
+            _judge_item(item, video)
     right = sum(item["failure"] is None for item in items)
     low, high = wilson_interval(right, len(items))
+    kinds = MODE_FAILURES if conditions else FAILURES
     report = {
+        "mode": mode,
         "num_videos": len(items),
         "all_correct": right,
         "all_correct_wilson95": [low, high],
         "seeds": {"offset": seed_offset, "per_prompt": num_seeds},
         "accuracy": {k: _accuracy(items, k) for k in (*ATTRIBUTES, "all_three", "all_correct")},
-        "failures": {k: sum(item["failure"] == k for item in items) for k in FAILURES},
+        "failures": {k: sum(item["failure"] == k for item in items) for k in kinds},
     }
     for attribute, values in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS)):
         report[f"per_{attribute}"] = {

@@ -28,6 +28,7 @@ def evaluate(
     step_cache: float | None = None,
     batch_size: int = 42,
     progress: bool = True,
+    mode: str = "t2v",
 ) -> tuple[dict, np.ndarray]:
     """Judge ``seeds`` videos of every prompt from ``pipe`` (a :class:`univid.pipeline.Pipeline`).
 
@@ -40,22 +41,30 @@ def evaluate(
     sampling = {"shift": shift, "solver": solver, "step_cache": step_cache}
     forwards: list[float] = []
 
-    def generate(prompts: list[str], seed_list: list[int]) -> np.ndarray:
+    def generate(prompts: list[str], seed_list: list[int], **given: list) -> np.ndarray:
         videos = pipe.generate(
-            prompts, seed_list, num_steps=steps, guidance_scale=guidance, **sampling
+            prompts, seed_list, num_steps=steps, guidance_scale=guidance, **sampling, **given
         )
         cache = pipe.last_cache
         forwards.append(cache.computed if cache else nfe(solver_used, steps_used))
         return videos
 
     start = time.perf_counter()
+    data = pipe.config.data
     report, videos = run_eval(
-        generate, seeds, batch_size=batch_size, progress=progress, seed_offset=seed_offset
+        generate,
+        seeds,
+        batch_size=batch_size,
+        progress=progress,
+        seed_offset=seed_offset,
+        mode=mode,
+        size=(data.frames, data.height, data.width),
     )
     seconds = time.perf_counter() - start
     report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
     report["settings"] = {
         "model": model,
+        "mode": mode,
         "seeds": seeds,
         "seed_offset": seed_offset,
         "steps": steps_used,
