@@ -43,7 +43,8 @@ def timed(fn, t: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="S")
-    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=12, help="rounds timing the forward")
+    parser.add_argument("--train-repeats", type=int, default=4, help="rounds timing training")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--pixels", type=int, default=64)
@@ -74,21 +75,24 @@ def main() -> None:
         "patch": list(m.patch),
         "frames_of_time": frames,
         "text_len": args.text_len,
-        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_flags": cpu_flags(),
     }
-    for name, fn in (("forward", forward), ("train_step", train)):
+    for name, fn, repeats in (
+        ("forward", forward, args.repeats),
+        ("train_step", train, args.train_repeats),
+    ):
         for _ in range(2):  # warm-up: allocations, first-call overheads
             fn(per_sample), fn(per_frame)
         sample_s, frame_s = [], []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             sample_s.append(timed(fn, per_sample))
             frame_s.append(timed(fn, per_frame))
         ratios = [f / s for f, s in zip(frame_s, sample_s)]
         record[name] = {
+            "rounds": repeats,
             "per_sample_median_s": statistics.median(sample_s),
             "per_frame_median_s": statistics.median(frame_s),
             "ratio_of_medians": statistics.median(frame_s) / statistics.median(sample_s),

@@ -1,11 +1,18 @@
-"""Regenerate the README's sample GIF from the bundled model: python docs/make_assets.py"""
+"""Regenerate the README's GIFs from the bundled model: python docs/make_assets.py
+
+``samples.gif``: text to video for eight prompts (seed 0). ``i2v.gif``, ``extend.gif`` and
+``interpolate.gif``: four prompts each, given the frames of a held-out shapes-world clip as
+``univid eval --mode`` gives them (seed 0); a given frame wears an orange frame.
+"""
 
 from pathlib import Path
 
 import numpy as np
 
 import univid
-from univid.video import save_video, tile
+from univid.data.shapes import render
+from univid.eval.modes import conditioning_clip, given_indices
+from univid.video import save_video, tile, upscale
 
 PROMPTS = [
     "a red circle moving right",
@@ -17,17 +24,47 @@ PROMPTS = [
     "a white circle moving left",
     "a red triangle moving up",
 ]
+SCALE = 4
+MARK = np.array([255, 140, 0], np.uint8)  # the orange frame around given frames
+OUT = Path(__file__).parent / "assets"
+
+
+def gutter(videos: np.ndarray) -> np.ndarray:
+    """Thin black gutters right of each (N, T, H, W, 3) video."""
+    return np.concatenate([videos, np.zeros_like(videos[:, :, :, : 2 * SCALE // 4])], axis=3)
+
+
+def text_to_video(pipe: univid.Pipeline) -> None:
+    videos = gutter(pipe(PROMPTS, seed=0))  # (8, T, H, W, 3)
+    grid = np.concatenate([tile(videos[:4]), tile(videos[4:])], axis=1)  # (T, 2H, 4W', 3)
+    print(save_video(grid, OUT / "samples.gif", fps=pipe.config.data.fps, scale=SCALE))
+
+
+def with_given(pipe: univid.Pipeline, mode: str, prompts: list[str]) -> None:
+    d = pipe.config.data
+    indices = given_indices(mode, d.frames)
+    videos = []
+    for prompt in prompts:
+        colour, shape, _, direction = prompt.split()[1:]
+        clip = conditioning_clip(colour, shape, direction, 0, d.height, d.width)
+        truth = render(clip, d.frames, d.height, d.width)
+        video = upscale(pipe(prompt, seed=0, images={i: truth[i] for i in indices}), SCALE)
+        for i in indices:  # an orange frame, drawn over the video's own edge pixels
+            video[i, :2], video[i, -2:], video[i, :, :2], video[i, :, -2:] = (MARK,) * 4
+        videos.append(video)
+    grid = tile(gutter(np.stack(videos)))
+    print(save_video(grid, OUT / f"{mode}.gif", fps=d.fps))
 
 
 def main() -> None:
     pipe = univid.Pipeline.from_pretrained("shapes-tiny", device="cpu")
-    videos = pipe(PROMPTS, seed=0)  # (8, T, H, W, 3)
-    gap = np.zeros_like(videos[:, :, :, :2])  # thin black gutters between videos
-    videos = np.concatenate([videos, gap], axis=3)
-    grid = np.concatenate([tile(videos[:4]), tile(videos[4:])], axis=1)  # (T, 2H, 4W', 3)
-    out = Path(__file__).parent / "assets" / "samples.gif"
-    save_video(grid, out, fps=pipe.config.data.fps, scale=4)
-    print(out)
+    text_to_video(pipe)
+    for mode, prompts in (
+        ("i2v", PROMPTS[:4]),
+        ("extend", PROMPTS[4:]),
+        ("interpolate", PROMPTS[1:5]),
+    ):
+        with_given(pipe, mode, prompts)
 
 
 if __name__ == "__main__":
