@@ -53,24 +53,47 @@ def by_group(
     if params[0].ndim == 2:
         return fn(*tokens, *(p[:, None] for p in params))
     frames = params[0].shape[1] - 1
-    text = fn(*(x[:, :text_len] for x in tokens), *(p[:, :1] for p in params))
-    video = fn(
-        *(x[:, text_len:].unflatten(1, (frames, -1)) for x in tokens),  # (B, T', H'W', D)
-        *(p[:, 1:, None] for p in params),  # (B, T', 1, D)
+    # split, not two slices: its backward is one cat, where a slice's fills a zero tensor
+    parts = [x.split([text_len, x.shape[1] - text_len], dim=1) for x in tokens]
+    rows = [p.split([1, frames], dim=1) for p in params]
+    text_args = (*(t for t, _ in parts), *(r for r, _ in rows))
+    video_args = (
+        *(v.unflatten(1, (frames, -1)) for _, v in parts),  # (B, T', H'W', D)
+        *(r[:, :, None] for _, r in rows),  # (B, T', 1, D)
     )
-    return torch.cat([text, video.flatten(1, 2)], dim=1)
+    dtypes = {a.dtype for a in (*tokens, *params)}
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or len(dtypes) > 1:
+        return torch.cat([fn(*text_args), fn(*video_args).flatten(1, 2)], dim=1)
+    # Eager sampling: both parts written in place into one tensor, saving the copy of a cat
+    # (autograd cannot take out=; a compiled block fuses the cat itself).
+    out = torch.empty_like(tokens[0])
+    fn(*text_args, out=out[:, :text_len])
+    fn(*video_args, out=out[:, text_len:].unflatten(1, (frames, -1)))
+    return out
 
 
 def modulate(
     x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, text_len: int = 0
 ) -> torch.Tensor:
     """x (B, N, D) * (1 + scale) + shift, per sample or per frame (see :func:`by_group`)."""
-    return by_group(lambda x, a, b: torch.addcmul(a, x, 1 + b), (x,), (shift, scale), text_len)
+    return by_group(_modulate, (x,), (shift, scale), text_len)
 
 
 def gated(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor, text_len: int = 0) -> torch.Tensor:
     """The residual x + gate * y, per sample or per frame (see :func:`by_group`)."""
-    return by_group(lambda x, y, g: torch.addcmul(x, g, y), (x, y), (gate,), text_len)
+    return by_group(_gated, (x, y), (gate,), text_len)
+
+
+def _modulate(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    return torch.addcmul(shift, x, 1 + scale, out=out)
+
+
+def _gated(
+    x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    return torch.addcmul(x, gate, y, out=out)
 
 
 class Attention(nn.Module):
