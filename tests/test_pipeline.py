@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 
 import univid
-from univid.data.shapes import canonical_prompt
+from univid.data.shapes import all_prompts, canonical_prompt, render
 from univid.errors import InputError
 from univid.eval.judge import judge
+from univid.eval.modes import conditioning_clip, given_indices, judge_mode
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +65,20 @@ def test_bundled_model_follows_prompts(pipe):
         (j.colour, j.shape, j.direction) == c for j, c in zip((judge(v) for v in videos), cases)
     )
     assert right >= 10, f"{right}/12 prompts right on all three attributes"
+
+
+@pytest.mark.parametrize("mode", ["i2v", "extend", "interpolate"])
+def test_bundled_model_continues_given_frames(pipe, mode):
+    """A small slice of `univid eval --mode`: 8 prompts given frames of held-out world clips
+    (development seeds 900..907, not the published ones)."""
+    d = pipe.config.data
+    cases = all_prompts()[::11][:8]
+    clips = [conditioning_clip(*c, 900 + k, d.height, d.width) for k, c in enumerate(cases)]
+    indices = given_indices(mode, d.frames)
+    given = [{i: render(clip, d.frames, d.height, d.width)[i] for i in indices} for clip in clips]
+    videos = pipe.generate(
+        [canonical_prompt(*c) for c in cases], [900 + k for k in range(8)], given=given
+    )
+    verdicts = [judge_mode(mode, v, clip, g)[0] for v, clip, g in zip(videos, clips, given)]
+    assert all(np.array_equal(v[i], g[i]) for v, g in zip(videos, given) for i in g)
+    assert sum(v is None for v in verdicts) >= 6, verdicts

@@ -242,7 +242,13 @@ def preset_shapes_tiny() -> Config:
             mix_interpolate=0.15,
         ),
         train=TrainConfig(
-            steps=6000, batch_size=32, lr=1e-3, warmup=200, ckpt_every=500, sample_every=1000
+            steps=6000,
+            batch_size=32,
+            lr=1e-3,
+            warmup=200,
+            ckpt_every=500,
+            sample_every=1000,
+            val_every=500,
         ),
     )
 
