@@ -38,9 +38,16 @@ def env() -> dict[str, str]:
 
 
 def univid(*args: str, **extra_env: str) -> subprocess.Popen:
+    """``python -m univid ARGS`` with Ctrl-C's default handling: a shell that starts pytest in
+    the background (``pytest &`` in a script) leaves SIGINT ignored, and children inherit it."""
     cmd = [sys.executable, "-m", "univid", *args]
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**env(), **extra_env}
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env(), **extra_env},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

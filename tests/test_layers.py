@@ -32,6 +32,7 @@ LAYERS = {
     "info": 2,
     "memory": 2,
     "data": 3,
+    "given": 3,
     "pipeline": 3,
     "train": 4,
     "eval": 4,

@@ -282,7 +282,7 @@ class AddResidual(torch.nn.Module):
         super().__init__()
         self.residual = residual
 
-    def forward(self, seq, cond, rope, mask):
+    def forward(self, seq, cond, rope, mask, text_len=0):
         return seq + self.residual
 
 
