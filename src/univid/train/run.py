@@ -132,7 +132,11 @@ def train(
                 path = trainer.resume()
                 if trainer.dist.main and progress:
                     print(f"univid: resuming from {path} (step {trainer.step})", file=sys.stderr)
-            return trainer.run()
+            row = trainer.run()
+            # Every rank done before the process group goes: a rank that tears gloo down while
+            # another still finishes once aborted at exit ("terminate called ...", CI).
+            trainer.dist.barrier()
+            return row
         finally:
             trainer.close()
             close_distributed(trainer.dist)
