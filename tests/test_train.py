@@ -58,8 +58,15 @@ def test_checkpoint_round_trip_gives_identical_next_loss(tmp_path, backbone):
         assert torch.equal(pa, pb)
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path):
-    cfg = resolve_config("tiny", ["train.steps=8", "train.ckpt_every=4", "train.log_every=1"])
+# The mixed run draws a conditioning mode and per-frame times per sample (issue 15).
+MIXED = ["model.patch=1,4,4", "flow.mix_t2v=2", "flow.mix_per_frame=1", "flow.mix_i2v=1"]
+MIXED += ["flow.mix_extend=1", "flow.mix_interpolate=1"]
+
+
+@pytest.mark.parametrize("extra", [[], MIXED], ids=["t2v", "mixed"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, extra):
+    base = ["train.steps=8", "train.ckpt_every=4", "train.log_every=1"]
+    cfg = resolve_config("tiny", [*base, *extra])
     Trainer(cfg, tmp_path / "full", progress=False).run()
     short = apply_overrides(cfg, ["train.steps=4"])
     Trainer(short, tmp_path / "cut", progress=False).run()
@@ -71,9 +78,13 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
         rows = (tmp_path / run / "metrics.csv").read_text().splitlines()[1:]
         return [row.split(",")[1] for row in rows]
 
-    assert losses("full") == losses("cut")
+    assert losses("full") == losses("cut") and len(losses("full")) == 8
     cfg_saved = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert cfg_saved["train"]["steps"] == 8
+    for override in extra[1:]:  # the mix weights are part of the saved run
+        key, value = override.split("=")
+        section, name = key.split(".")
+        assert cfg_saved[section][name] == float(value)
 
 
 def test_lr_schedule():

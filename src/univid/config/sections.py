@@ -370,13 +370,12 @@ def _check_shapes(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
     weights = [getattr(cfg.flow, f"mix_{mode}") for mode in MODES]
     _check(sum(weights) > 0, "flow.mix_t2v", "the flow.mix_* weights must not all be 0", 0)
-    if m.backbone == "encoder" and m.time_mode == "token" and sum(weights[1:]):
-        _check(
-            False,
-            "model.time_mode",
-            "per-frame time (a flow.mix_* other than t2v) needs token+add or the dit backbone",
-            m.time_mode,
-        )
+    _check(
+        not (m.backbone == "encoder" and m.time_mode == "token" and sum(weights[1:])),
+        "model.time_mode",
+        "per-frame time (a flow.mix_* other than t2v) needs token+add or the dit backbone",
+        m.time_mode,
+    )
     _check(len(m.patch) == 3, "model.patch", "three sizes", m.patch)
     _check(
         m.mlp_ratio * m.width >= 2,
