@@ -55,6 +55,10 @@ def load_model_dir(name_or_dir: str | Path) -> tuple[Config, nn.Module]:
     """Config and weights of a model folder (a training run's folder works too)."""
     path = resolve_model_dir(name_or_dir)
     config_path, weights_path = path / "config.json", path / "model.safetensors"
+    if not weights_path.exists() and (path / "adapter.json").is_file():
+        from univid.lora import load_adapted  # a fine-tuning run: its base + its adapter
+
+        return load_adapted(path)
     for needed in (config_path, weights_path):
         if not needed.is_file():
             raise InputError(f"model folder {path} has no {needed.name}")
@@ -108,15 +112,32 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 
 
 def export_model_dir(
-    name_or_dir: str | Path, out_dir: str | Path, dtype: torch.dtype = torch.float32
+    name_or_dir: str | Path,
+    out_dir: str | Path,
+    dtype: torch.dtype = torch.float32,
+    merge: tuple[str | None, float] | None = None,
 ) -> Path:
     """Copy a model (e.g. a run's EMA weights) to a plain model folder, optionally in fp16.
 
-    Each file is written under a temporary name and renamed; a full disk is one line."""
+    ``merge`` = (adapter folder or None, scale) folds a LoRA adapter into the weights: the
+    given folder's onto the model, or (None) the adapter of a LoRA fine-tuning run. Each file
+    is written under a temporary name and renamed; a full disk is one line."""
+    from univid import lora
+
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     cfg, model = load_model_dir(name_or_dir)
+    if merge is None and lora.has_adapter(model):
+        raise InputError(f"{name_or_dir} is a LoRA fine-tuning run: export it with --merge-lora")
+    if merge is not None:
+        folder, scale = merge
+        if folder is not None:
+            lora.load_adapter(model, folder, scale)
+        elif not lora.has_adapter(model):
+            raise InputError(f"{name_or_dir} has no LoRA adapter to merge: give --lora DIR")
+        lora.set_scale(model, scale)
+        lora.merge_adapter(model)
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
     try:
         with writing(out):

@@ -86,6 +86,12 @@ def _train(args: argparse.Namespace) -> None:
     start_or_resume(args.config, args.overrides, args.out, args.resume)
 
 
+def _finetune(args: argparse.Namespace) -> None:
+    from univid.train import finetune
+
+    finetune(args.base, args.overrides, args.out)
+
+
 def _local_spec(spec: str, builtin: tuple[str, ...]) -> str:
     """A folder given on the command line, made absolute (the cache records it); or a name in
     ``builtin``."""
@@ -213,6 +219,8 @@ def _pipeline(args: argparse.Namespace):
         args.model, device=args.device, compile=args.compile, quantization=args.quantize
     )
     pipe.attention, pipe.precision = args.attention, args.precision
+    if args.lora:
+        pipe.load_lora(args.lora, args.lora_scale)
     return pipe
 
 
@@ -275,6 +283,18 @@ def _add_speed_options(p: argparse.ArgumentParser) -> None:
     _add_choice(p, "--precision", PRECISIONS, default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile each block (cached)")
     _add_choice(p, "--quantize", QUANTIZATION, default="none", help="int8 via torchao")
+    _add_lora_options(p)
+
+
+def _add_lora_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", metavar="DIR", help="a LoRA adapter (or fine-tuning run) folder")
+    p.add_argument(
+        "--lora-scale",
+        type=_number(limits.LORA_SCALE),
+        default=1.0,
+        metavar="S",
+        help="strength of the adapter (1 = as trained, 0 = the base)",
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -366,7 +386,10 @@ def _export(args: argparse.Namespace) -> None:
     from univid.build import export_model_dir
     from univid.device import DTYPES
 
-    print(export_model_dir(args.model, args.out, DTYPES[args.dtype]))
+    merge = (args.lora, args.lora_scale) if args.merge_lora else None
+    if args.lora and not args.merge_lora:
+        raise InputError("--lora needs --merge-lora (export writes plain model folders)")
+    print(export_model_dir(args.model, args.out, DTYPES[args.dtype], merge))
 
 
 def _add_prepare_options(p: argparse.ArgumentParser) -> None:
@@ -498,6 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
+        "finetune",
+        help="adapt a trained model: LoRA adapters (lora.rank=R, default 8) or all weights "
+        "(lora.rank=0); resume with train --resume DIR",
+    )
+    p.add_argument("base", help="bundled model name or model folder to start from")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (data.*, train.*, lora.*)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, adapter, metrics.csv)")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser(
         "prepare",
         help="encode a folder or table of videos into a training cache (latents + text states)",
     )
@@ -539,9 +572,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_info)
 
     p = sub.add_parser("export", help="copy a run's EMA weights into a plain model folder")
-    p.add_argument("model", help="run folder or model folder")
+    p.add_argument("model", help="run folder or model folder (or a LoRA fine-tuning run)")
     p.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
     _add_choice(p, "--dtype", DTYPES, default="float32")
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="fold a LoRA adapter into the weights: MODEL's own (a fine-tuning run) or --lora's",
+    )
+    _add_lora_options(p)
     p.set_defaults(func=_export)
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser
     return parser
@@ -563,7 +602,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in bench reports
     # key=value overrides may also follow options (`train PRESET --out DIR key=value`).
-    if args.command in ("train", "info", "bench"):
+    if args.command in ("train", "finetune", "info", "bench"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
         # argparse puts the first override into `config` when no preset is given before it.

@@ -66,6 +66,8 @@ SCALE = Range(1, 64)
 MAX_FRAME_SIDE = 65_535
 # Frames of a clip that `generate --video` continues (the model's frame count bounds it too).
 KEEP = Range(1, 1_000_000)
+# How strongly a LoRA adapter is applied (1 = as trained, 0 = the base; past 1 exaggerates it).
+LORA_SCALE = Range(-100, 100, real=True)
 # Seeds per prompt of `univid eval`.
 EVAL_SEEDS = Range(1, 100_000)
 # Videos per sampling batch of `univid eval`, clips encoded together by `univid prepare`.

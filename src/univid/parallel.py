@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from univid.build import build_model
 from univid.config import Config
 from univid.device import pick_device
 from univid.errors import ConfigError
+from univid.lora import network
 from univid.speed import blocks_of, prepare_blocks
 
 
@@ -127,8 +127,7 @@ def _sharded_copy(
     """A fully_shard-ed network whose shards hold rank 0's ``init`` weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    with torch.device("meta"):
-        model = build_model(cfg.model)
+    model = network(cfg, meta=True)
     if prepare:
         prepare_blocks(model, cfg.train.activation_checkpointing, cfg.train.compile)
     _fully_shard(model, cfg, amp)
@@ -147,15 +146,16 @@ def parallelize(
     """(the module to train, its EMA copy) for ``cfg.parallel.mode``, seeded by the caller.
 
     ``none`` and ``ddp`` keep whole weights on every rank; ``fsdp`` shards the trained weights
-    and the EMA weights alike, one shard per rank."""
+    and the EMA weights alike, one shard per rank. A fine-tuning run (``lora.base``) starts from
+    its base's weights, with its adapters when it has them (:func:`univid.lora.network`)."""
     t = cfg.train
     if info.mode == "fsdp":
-        init = build_model(cfg.model) if info.main else None
+        init = network(cfg) if info.main else None
         model = _sharded_copy(cfg, info, amp, init, prepare=True)
         # The EMA gathers fp32 weights: it is what validation and sampling run in full precision.
         ema = _sharded_copy(cfg, info, None, init, prepare=False)
         return model, ema.requires_grad_(False).eval()
-    model = build_model(cfg.model).to(info.device)
+    model = network(cfg).to(info.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     prepare_blocks(model, t.activation_checkpointing, t.compile)
     if info.mode == "ddp":

@@ -21,7 +21,7 @@ from univid.device import autocast, autocast_dtype, pick_device
 from univid.errors import InputError
 from univid.flow import SOLVERS, Given, guided, ode_sample
 from univid.given import frames_from, to_given
-from univid.limits import NUM_VIDEOS, SEED
+from univid.limits import LORA_SCALE, NUM_VIDEOS, SEED
 from univid.memory import check_fits, generation
 from univid.step_cache import StepCache
 from univid.text import TextEncoder
@@ -88,7 +88,35 @@ class Pipeline:
         text = TextEncoder(cfg.text.encoder, cfg.text.max_length, dev, padding=cfg.text.padding)
         model = speed.quantize(model.to(dev), quantization)
         speed.prepare_blocks(model, checkpointing=False, compile_blocks=compile)
-        return cls(model, text, cfg)
+        pipe = cls(model, text, cfg)
+        pipe.quantization = quantization
+        return pipe
+
+    quantization: str = "none"
+    lora: dict | None = None  # adapter.json of the adapter on the model, with its folder
+
+    def load_lora(self, path: str | Path, scale: float = 1.0) -> Pipeline:
+        """Put the LoRA adapter of ``path`` (an adapter or fine-tuning run folder) on the model,
+        unmerged, its update scaled by ``scale``; one at a time (:meth:`unload_lora` first).
+        Refuses, in one line, an adapter trained on another base. Returns the pipeline."""
+        from univid import lora
+
+        LORA_SCALE.check("scale", scale)
+        if self.quantization != "none":
+            raise InputError(
+                "a LoRA adapter cannot go on int8 weights: merge it first (univid export "
+                "--merge-lora) and quantise the merged model"
+            )
+        meta = lora.load_adapter(self.model, path, scale)
+        self.lora = {**meta, "path": str(path), "scale": scale}
+        return self
+
+    def unload_lora(self) -> None:
+        """Take the adapter off: the base model as it was loaded."""
+        from univid import lora
+
+        lora.unload_adapter(self.model)
+        self.lora = None
 
     def __call__(
         self,

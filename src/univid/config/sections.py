@@ -203,6 +203,24 @@ class ParallelConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Fine-tuning a trained model (``univid finetune BASE``): low-rank adapters through PEFT,
+    or all the weights."""
+
+    base: str = ""
+    """The model to start from (a bundled name or a model folder); '' trains from scratch."""
+    base_sha256: str = ""
+    """SHA-256 of the base's model.safetensors, recorded when the run starts; a resume or an
+    adapter load refuses a base whose weights changed."""
+    rank: int = 8
+    """Rank of the adapters; 0 fine-tunes every weight of the base instead (no adapters)."""
+    alpha: float = 0.0
+    """Adapter scale numerator (the update is alpha / rank x B A); 0 means alpha = rank."""
+    targets: str = "attention+mlp"
+    """Linears of the blocks that get adapters: 'attention+mlp', 'attention' or 'mlp'."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Everything needed to rebuild a run."""
 
@@ -212,6 +230,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -230,6 +249,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "train": TrainConfig,
     "parallel": ParallelConfig,
+    "lora": LoraConfig,
 }
 
 # The conditioning modes: what a training sample's frames are given, and what `univid eval
@@ -253,6 +273,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.decay": ("constant", "cosine"),
     "parallel.mode": ("none", "ddp", "fsdp"),
     "parallel.backend": ("auto", "gloo", "nccl"),
+    "lora.targets": ("attention+mlp", "attention", "mlp"),
 }
 
 
@@ -338,6 +359,8 @@ RANGES: dict[str, Range] = {
     "train.threads": THREADS,
     "train.grad_accum": SIZE,
     "parallel.timeout_s": Range(1, 10**8),  # about three years; fits a timedelta
+    "lora.rank": Range(0, 65_536),
+    "lora.alpha": Range(0, 1e6, real=True),
 }
 
 

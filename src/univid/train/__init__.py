@@ -2,6 +2,6 @@
 starts or resumes (run.py)."""
 
 from univid.train.loop import Trainer
-from univid.train.run import start_or_resume, train
+from univid.train.run import finetune, start_or_resume, train
 
-__all__ = ["Trainer", "start_or_resume", "train"]
+__all__ = ["Trainer", "finetune", "start_or_resume", "train"]

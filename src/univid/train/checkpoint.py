@@ -50,8 +50,10 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm.auto import tqdm
 
+from univid.config import config_from_dict
 from univid.errors import ConfigError, CorruptFileError, InputError
 from univid.files import atomic_write, causes, fsync, read_json, storage_error, writing
+from univid.lora import adapter_tensors, save_adapter
 from univid.parallel import Dist
 
 MARKER = "COMPLETE"
@@ -112,14 +114,25 @@ def deferred_signals(step: int) -> Iterator[None]:
 def _tensor_state(
     model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """DCP's view of the run: (tensors keyed by plain parameter names, optimizer groups)."""
-    model_state, optim_state = get_state_dict(model, optimizer)
+    """DCP's view of the run: (tensors keyed by plain parameter names, optimizer groups).
+
+    Frozen weights (a LoRA run's base) are left out, of the model and of its EMA alike: a
+    fine-tuning run's checkpoints hold its adapters and their optimizer state only."""
+    model_state, optim_state = get_state_dict(
+        model, optimizer, options=StateDictOptions(ignore_frozen_params=True)
+    )
+    ema_state = get_model_state_dict(ema)
     tensors = {
         "model": model_state,
-        "ema": get_model_state_dict(ema),
+        "ema": {k: v for k, v in ema_state.items() if k in model_state},
         "optim": optim_state["state"],
     }
     return tensors, optim_state["param_groups"]
+
+
+def _frozen(model: nn.Module) -> bool:
+    """Whether ``model`` has frozen weights that its checkpoints leave out."""
+    return any(not p.requires_grad for p in model.parameters())
 
 
 @contextmanager
@@ -253,11 +266,16 @@ def _save_checkpoint(
 
 
 def export_weights(run_dir: Path, info: Dist, module: nn.Module, config_json: str) -> None:
-    """Consolidate ``module``'s (maybe sharded) weights into one plain safetensors file."""
+    """Consolidate ``module``'s (maybe sharded) weights into one plain safetensors file; a
+    LoRA run's into its adapter files (the base is never written)."""
     full = get_model_state_dict(
         module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
-    if info.main:
+    adapter = adapter_tensors(full)
+    if info.main and adapter:
+        save_adapter(run_dir, adapter, config_from_dict(json.loads(config_json)))
+        atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
+    elif info.main:
         state = {k: v.contiguous() for k, v in full.items()}
         with writing(run_dir / "model.safetensors"):
             atomic_write(run_dir / "model.safetensors", lambda p: save_file(state, p))
@@ -385,13 +403,15 @@ def load_checkpoint(
         first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         # A checkpoint of another model shape lands here (missing or wrong-sized tensors).
         raise InputError(f"cannot load checkpoint {path}: {first}") from None
+    partial = _frozen(model)  # the frozen base came from lora.base, not from here
     set_state_dict(
         model,
         optimizer,
         model_state_dict=tensors["model"],
         optim_state_dict={"state": tensors["optim"], "param_groups": meta["param_groups"]},
+        options=StateDictOptions(ignore_frozen_params=True, strict=not partial),
     )
-    set_model_state_dict(ema, tensors["ema"])
+    set_model_state_dict(ema, tensors["ema"], options=StateDictOptions(strict=not partial))
     rng_path = path / "rng" / f"rank_{info.rank}.json"
     if rng_path.is_file():
         set_rng_state(read_json(rng_path))

@@ -26,6 +26,7 @@ from univid.data.cache import CacheDataset
 from univid.device import autocast, autocast_dtype
 from univid.errors import ConfigError, InputError, UnividError
 from univid.flow import flow_loss_per_sample
+from univid.lora import record_base
 from univid.parallel import init_distributed, parallelize, unwrap
 from univid.text import TextEncoder
 from univid.train.batches import Batches, BatchPlan, GlobalBatch, MicroBatch, open_dataset
@@ -66,7 +67,7 @@ class Trainer:
         self.device = self.dist.device
         self.amp = autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)
-        self.cfg, self.dataset, note = open_dataset(cfg, dataset)
+        self.cfg, self.dataset, note = open_dataset(record_base(cfg), dataset)
         cfg = self.cfg
         if note and self.progress:
             print(f"univid: {note}", file=sys.stderr)

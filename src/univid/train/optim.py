@@ -25,9 +25,8 @@ def make_optimizer(
     model: nn.Module, t: TrainConfig
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (fp32 state) and its warm-up + decay schedule."""
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99)
-    )
+    trained = [p for p in model.parameters() if p.requires_grad]  # frozen: a LoRA run's base
+    optimizer = torch.optim.AdamW(trained, lr=t.lr, weight_decay=t.weight_decay, betas=(0.9, 0.99))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, t.warmup, t.steps, t.decay)
     )
@@ -52,5 +51,6 @@ def rewind(scheduler: torch.optim.lr_scheduler.LambdaLR, steps: int) -> None:
 def ema_update(ema: nn.Module, model: nn.Module, weight: float | torch.Tensor) -> None:
     """ema <- ema + weight * (model - ema), in place (shard by shard under FSDP); ``weight`` is
     1 - decay, or a device tensor that is 0 where the update was skipped."""
-    ema_params = [local(p) for p in ema.parameters()]
-    torch._foreach_lerp_(ema_params, [local(p).detach() for p in model.parameters()], weight)
+    pairs = [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    ema_params = [local(e) for e, _ in pairs]  # frozen weights (a LoRA run's base) stay equal
+    torch._foreach_lerp_(ema_params, [local(p).detach() for _, p in pairs], weight)

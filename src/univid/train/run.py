@@ -183,6 +183,26 @@ def start_or_resume(
         return train(cfg, run_dir)
 
 
+def finetune(base: str, overrides: list[str], out: str) -> dict[str, Any]:
+    """What ``univid finetune BASE --out DIR [key=value ...]`` does: a new run in DIR whose
+    config is BASE's with ``lora.base=BASE`` and the overrides (``lora.rank=0`` trains every
+    weight instead of adapters). The model section is BASE's; its weights' hash is recorded.
+    A fine-tuning run is resumed like any other: ``univid train --resume DIR``."""
+    from univid.build import load_model_dir
+    from univid.lora import record_base, resolve_base
+
+    base_cfg, _ = load_model_dir(base)
+    if any(o.split("=", 1)[0].startswith(("model.", "lora.base")) for o in overrides):
+        raise InputError("model.* and lora.base come from BASE; they cannot be overridden")
+    cfg = apply_overrides(base_cfg, [f"lora.base={resolve_base(base)}", *overrides])
+    cfg = record_base(cfg)  # a base it cannot adapt fails before the run folder is made
+    run_dir = _folder(out)
+    with run_lock(run_dir):
+        if torchrun_rank() == 0:
+            _claim(run_dir)
+        return train(cfg, run_dir)
+
+
 def _folder(out: str) -> Path:
     run_dir = Path(out)
     if run_dir.exists() and not run_dir.is_dir():
