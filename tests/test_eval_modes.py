@@ -184,7 +184,7 @@ def _world_generator(prompts: list[str], seeds: list[int], given: list[dict]) ->
 
 @pytest.mark.parametrize("mode", GIVEN_MODES)
 def test_run_eval_in_a_mode_reports_it(mode: str, monkeypatch) -> None:
-    monkeypatch.setattr(report_module, "all_prompts", lambda: all_prompts()[::7])
+    monkeypatch.setattr(report_module, "all_prompts", lambda *_: all_prompts()[::7])
     report, _ = run_eval(_world_generator, 1, progress=False, mode=mode, size=(8, 32, 32))
     assert report["mode"] == mode and report["all_correct"] == report["num_videos"] == 12
     assert list(report["failures"]) == list(MODE_FAILURES)
@@ -213,7 +213,7 @@ def per_frame_run(tmp_path_factory):
 
 
 def test_cli_eval_i2v_writes_a_report_with_its_mode(per_frame_run, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(report_module, "all_prompts", lambda: all_prompts()[:2])
+    monkeypatch.setattr(report_module, "all_prompts", lambda *_: all_prompts()[:2])
     out = tmp_path / "i2v.json"
     argv = ["eval", "--model", str(per_frame_run), "--mode", "i2v", "--seeds", "1"]
     assert main([*argv, "--out", str(out)]) == 0

@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from univid import limits
 from univid.config.sections import BUILTIN_AUTOENCODERS, EVAL_MODES, RANGES
+from univid.data.shapes import PROMPT_SETS
 from univid.errors import InputError, UnividError
 from univid.limits import Range
 
@@ -196,11 +197,13 @@ def _eval(args: argparse.Namespace) -> None:
         guidance=args.guidance,
         batch_size=args.batch_size,
         mode=args.mode,
+        prompt_set=args.prompts,
         **_sampling(args),
     )
     failures = save_report(report, videos, out, grid)
     summary = {
         "mode": report["mode"],
+        "prompts": report["prompts"],
         **report["accuracy"],
         "wilson95": report["all_correct_wilson95"],
         "failures": report["failures"],
@@ -475,6 +478,14 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
         default="t2v",
         help="what each video is given: nothing, frame 0, the first half of a held-out clip, "
         "or its first and last frames",
+    )
+    _add_choice(
+        p,
+        "--prompts",
+        PROMPT_SETS,
+        default=PROMPT_SETS[0],
+        help="which prompts: the world's colour x shape x direction ones, or every one with a "
+        "concept the bundled model never saw (orange, diamond)",
     )
     p.add_argument("--seeds", type=_number(limits.EVAL_SEEDS), default=2, help="seeds per prompt")
     p.add_argument(

@@ -121,6 +121,11 @@ class DataConfig:
     """Frames per second of written videos."""
     caption_dropout: float = 0.1
     """Probability of replacing a caption by the empty caption (trains the null condition)."""
+    novel_fraction: float = 0.0
+    """Shapes world only: the share of training clips that show a concept outside the bundled
+    model's world (an orange colour or a diamond shape, univid.data.shapes.NOVEL_*), drawn
+    evenly over the colour-shape pairs that have one; the rest are old-world clips. 0 (the
+    default) is the old world's stream, clip for clip."""
     max_bad_fraction: float = 0.1
     """Bad samples (skipped and logged) tolerated before training stops; judged once 10 global
     batches were read (`univid prepare` has its own --max-bad-fraction)."""
@@ -338,6 +343,7 @@ RANGES: dict[str, Range] = {
     "data.width": Range(1, 16_384),
     "data.fps": Range(1, 1_000),  # a GIF frame lasts whole milliseconds
     "data.caption_dropout": Range(0, 0.999, real=True),
+    "data.novel_fraction": FRACTION,
     "data.max_bad_fraction": FRACTION,
     "data.tokens_per_batch": Range(0, 2**24),
     "train.steps": STEPS,

@@ -8,6 +8,12 @@ Geometry is in continuous pixel units (the frame spans [0, W] x [0, H], pixel ce
 ``i + 0.5``). The object's "radius" r is half the side of its bounding box; the frames are
 rendered 4x supersampled, so edges are anti-aliased and the box fill ratio of each shape is
 close to its continuous value (square 1, circle pi/4, triangle 1/2).
+
+Beyond that world lie concepts the bundled model never saw (:data:`NOVEL_SHAPES`, the
+diamond: a square turned 45 degrees; :data:`NOVEL_COLOURS`, orange). ``ShapesWorld`` draws
+them only with ``novel_fraction`` > 0; its default stream is the old world, clip for clip.
+:data:`PROMPT_SETS` names the evaluation prompts: ``world`` (the old 84) and ``novel`` (every
+prompt with at least one novel attribute).
 """
 
 from __future__ import annotations
@@ -26,6 +32,11 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "cyan": (30, 220, 220),
     "white": (240, 240, 240),
 }
+# Concepts outside the world that the bundled model was trained on; never drawn by default.
+NOVEL_SHAPES: tuple[str, ...] = ("diamond",)
+NOVEL_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (250, 130, 20)}
+ALL_SHAPES: tuple[str, ...] = SHAPES + NOVEL_SHAPES
+ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **NOVEL_COLOURS}
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 # Unit step of each direction in (x, y) image coordinates; y grows downwards.
 DIRECTION_VECTORS: dict[str, tuple[int, int]] = {
@@ -40,11 +51,15 @@ REFERENCE_SIZE = 32
 RADIUS_RANGE = (4.0, 7.0)
 DISTANCE_RANGE = (10.0, 16.0)
 SUPERSAMPLE = 4
+# The third word of the seed [seed, index, NOVEL_STREAM] that decides whether a clip is novel;
+# a stream of its own, so the old-world clips of a mixed stream are the default stream's.
+NOVEL_STREAM = 27_182
 
 _SHAPE_WORDS = {
     "circle": ("circle", "disc", "ball"),
     "square": ("square", "box"),
     "triangle": ("triangle",),
+    "diamond": ("diamond", "rhombus"),
 }
 _MOVING = ("moving", "travelling", "sliding", "gliding")
 _TO_THE = {"left": "to the left", "right": "to the right", "up": "upward", "down": "downward"}
@@ -64,9 +79,26 @@ def canonical_prompt(colour: str, shape: str, direction: str) -> str:
     return f"a {colour} {shape} moving {direction}"
 
 
-def all_prompts() -> list[tuple[str, str, str]]:
-    """Every (colour, shape, direction) triple of the world, in a fixed order."""
-    return [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+def novel_pairs() -> list[tuple[str, str]]:
+    """Every (colour, shape) of the full vocabulary with a novel colour or shape, fixed order."""
+    return [
+        (c, s) for c in ALL_COLOURS for s in ALL_SHAPES if c in NOVEL_COLOURS or s in NOVEL_SHAPES
+    ]
+
+
+# Evaluation prompt sets: "world" is the 84 prompts of the world the bundled model learnt,
+# "novel" every prompt with at least one novel attribute (11 colour-shape pairs x 4 directions).
+PROMPT_SETS: tuple[str, ...] = ("world", "novel")
+
+
+def all_prompts(prompt_set: str = "world") -> list[tuple[str, str, str]]:
+    """Every (colour, shape, direction) triple of a prompt set (:data:`PROMPT_SETS`), in a
+    fixed order."""
+    if prompt_set == "world":
+        return [(c, s, d) for c in COLOURS for s in SHAPES for d in DIRECTIONS]
+    if prompt_set == "novel":
+        return [(c, s, d) for c, s in novel_pairs() for d in DIRECTIONS]
+    raise ValueError(f"prompt set must be one of {PROMPT_SETS}, got {prompt_set!r}")
 
 
 @dataclass(frozen=True)
@@ -127,6 +159,8 @@ def _coverage(clip: ShapeClip, cx: float, cy: float, height: int, width: int) ->
         inside = x * x + y * y <= r * r
     elif clip.shape == "square":
         inside = (np.abs(x) <= r) & (np.abs(y) <= r)
+    elif clip.shape == "diamond":
+        inside = np.abs(x) + np.abs(y) <= r
     else:
         # Upward-pointing isosceles triangle with apex (0, -r) and base y = r from x=-r to x=r.
         inside = (y <= r) & (np.abs(x) <= (y + r) / 2)
@@ -135,7 +169,7 @@ def _coverage(clip: ShapeClip, cx: float, cy: float, height: int, width: int) ->
 
 def render(clip: ShapeClip, frames: int = 8, height: int = 32, width: int = 32) -> np.ndarray:
     """Render ``clip`` as uint8 video of shape (T, H, W, 3)."""
-    colour = np.asarray(COLOURS[clip.colour], dtype=np.float32)
+    colour = np.asarray(ALL_COLOURS[clip.colour], dtype=np.float32)
     video = np.empty((frames, height, width, 3), dtype=np.uint8)
     for f in range(frames):
         cover = _coverage(clip, *clip.centre(f, frames), height, width)
@@ -162,14 +196,39 @@ class ShapesWorld:
 
     ``world[i]`` returns ``(video uint8 (T, H, W, 3), caption, clip)`` and depends only on
     ``(seed, i)``, so a run can resume at any index and two workers can split indices.
+
+    With ``novel_fraction`` > 0 that share of the clips (drawn from [seed, i, NOVEL_STREAM])
+    shows a colour-shape pair of :func:`novel_pairs`, uniformly: the full vocabulary conditioned
+    on a novel colour or shape. The other clips are those of the default stream, index for index.
     """
 
-    def __init__(self, frames: int = 8, height: int = 32, width: int = 32, seed: int = 0) -> None:
+    def __init__(
+        self,
+        frames: int = 8,
+        height: int = 32,
+        width: int = 32,
+        seed: int = 0,
+        novel_fraction: float = 0.0,
+    ) -> None:
+        if not 0.0 <= novel_fraction <= 1.0:
+            raise ValueError(f"novel_fraction must be in [0, 1], got {novel_fraction}")
         self.frames, self.height, self.width, self.seed = frames, height, width, seed
+        self.novel_fraction = novel_fraction
+
+    def is_novel(self, index: int) -> bool:
+        """Whether clip ``index`` shows a novel concept (always False at novel_fraction 0)."""
+        if not self.novel_fraction:
+            return False
+        draw = np.random.default_rng([self.seed, index, NOVEL_STREAM]).random()
+        return bool(draw < self.novel_fraction)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str, ShapeClip]:
         rng = np.random.default_rng([self.seed, index])
-        clip = sample_clip(rng, self.height, self.width)
+        fixed: dict[str, str] = {}
+        if self.is_novel(index):
+            pairs = novel_pairs()
+            fixed["colour"], fixed["shape"] = pairs[rng.integers(len(pairs))]
+        clip = sample_clip(rng, self.height, self.width, **fixed)
         return render(clip, self.frames, self.height, self.width), caption(clip, rng), clip
 
     def batch(self, indices: range | list[int]) -> tuple[np.ndarray, list[str]]:

@@ -98,8 +98,11 @@ def conditioning_clip(
     colour: str, shape: str, direction: str, seed: int, height: int, width: int
 ) -> ShapeClip:
     """The held-out world clip of (prompt, seed): the prompt's attributes, the rest drawn from
-    [seed, the prompt's place in all_prompts(), HELD_OUT_STREAM]."""
-    index = all_prompts().index((colour, shape, direction))
+    [seed, the prompt's place, HELD_OUT_STREAM]. The place is in all_prompts("world"), after
+    which come those of all_prompts("novel"), so the world's clips stay as they were."""
+    prompt = (colour, shape, direction)
+    world, novel = all_prompts("world"), all_prompts("novel")
+    index = world.index(prompt) if prompt in world else len(world) + novel.index(prompt)
     rng = np.random.default_rng([seed, index, HELD_OUT_STREAM])
     return sample_clip(rng, height, width, shape=shape, colour=colour, direction=direction)
 

@@ -1,6 +1,7 @@
 """Evaluate a text-to-video generator on every shapes-world prompt with the analytic judge.
 
-``run_eval`` asks the generator for ``num_seeds`` videos of each of the 84 canonical prompts,
+``run_eval`` asks the generator for ``num_seeds`` videos of each canonical prompt of a prompt
+set (:data:`univid.data.shapes.PROMPT_SETS`: the world's 84, or the 44 with a novel concept),
 judges them and summarises: the all-correct rate with its Wilson 95 % interval, the failures by
 kind, per-attribute accuracies and the seeds used. ``write_grid`` draws videos with their
 verdicts into one labelled PNG for a quick look; ``save_report`` writes the JSON, the grid of
@@ -26,9 +27,7 @@ from tqdm import tqdm
 
 from univid.config.sections import EVAL_MODES
 from univid.data.shapes import (
-    COLOURS,
-    DIRECTIONS,
-    SHAPES,
+    PROMPT_SETS,
     ShapeClip,
     all_prompts,
     canonical_prompt,
@@ -43,7 +42,7 @@ WILSON_Z = 1.959963984540054  # the 97.5 % quantile of the standard normal: a 95
 Generate = Callable[..., np.ndarray]  # (prompts, seeds[, given=]) -> uint8 (N, T, H, W, 3)
 
 
-def _plan(num_seeds: int, seed_offset: int) -> list[dict]:
+def _plan(num_seeds: int, seed_offset: int, prompt_set: str) -> list[dict]:
     """One item per (prompt, seed), prompt-major so one prompt's seeds sit together."""
     return [
         {
@@ -53,7 +52,7 @@ def _plan(num_seeds: int, seed_offset: int) -> list[dict]:
             "direction": d,
             "seed": seed,
         }
-        for c, s, d in all_prompts()
+        for c, s, d in all_prompts(prompt_set)
         for seed in range(seed_offset, seed_offset + num_seeds)
     ]
 
@@ -162,8 +161,10 @@ def run_eval(
     seed_offset: int = EVAL_SEED_OFFSET,
     mode: str = "t2v",
     size: tuple[int, int, int] | None = None,
+    prompt_set: str = "world",
 ) -> tuple[dict, np.ndarray]:
-    """Generate and judge ``num_seeds`` videos of every prompt, seeds from ``seed_offset`` on.
+    """Generate and judge ``num_seeds`` videos of every prompt of ``prompt_set``
+    (:data:`univid.data.shapes.PROMPT_SETS`), seeds from ``seed_offset`` on.
 
     ``generate(prompts, seeds)`` returns uint8 videos (N, T, H, W, 3), prompt i with seed i.
     Returns the JSON-serialisable report and the videos (N, T, H, W, 3) in item order.
@@ -182,7 +183,9 @@ def run_eval(
         )
     if mode not in EVAL_MODES or (mode != "t2v" and size is None):
         raise ValueError(f"mode must be one of {EVAL_MODES} (all but t2v with a size), got {mode}")
-    items = _plan(num_seeds, seed_offset)
+    if prompt_set not in PROMPT_SETS:
+        raise ValueError(f"prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}")
+    items = _plan(num_seeds, seed_offset, prompt_set)
     conditions = _condition(items, mode, size) if mode != "t2v" else []
     given = [frames for _, frames in conditions]
     videos = _generate_all(generate, items, batch_size, progress, given)
@@ -196,6 +199,8 @@ def run_eval(
     kinds = MODE_FAILURES if conditions else FAILURES
     report = {
         "mode": mode,
+        "prompts": prompt_set,
+        "num_prompts": len(items) // num_seeds,
         "num_videos": len(items),
         "all_correct": right,
         "all_correct_wilson95": [low, high],
@@ -203,7 +208,8 @@ def run_eval(
         "accuracy": {k: _accuracy(items, k) for k in (*ATTRIBUTES, "all_three", "all_correct")},
         "failures": {k: sum(item["failure"] == k for item in items) for k in kinds},
     }
-    for attribute, values in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS)):
+    for attribute in ATTRIBUTES:
+        values = dict.fromkeys(item[attribute] for item in items)  # the set's, in prompt order
         report[f"per_{attribute}"] = {
             v: _accuracy([i for i in items if i[attribute] == v], "all_correct") for v in values
         }

@@ -29,8 +29,10 @@ def evaluate(
     batch_size: int = 42,
     progress: bool = True,
     mode: str = "t2v",
+    prompt_set: str = "world",
 ) -> tuple[dict, np.ndarray]:
-    """Judge ``seeds`` videos of every prompt from ``pipe`` (a :class:`univid.pipeline.Pipeline`).
+    """Judge ``seeds`` videos of every prompt of ``prompt_set`` (one of
+    univid.data.shapes.PROMPT_SETS) from ``pipe`` (a :class:`univid.pipeline.Pipeline`).
 
     ``None`` settings mean the model's own. Returns the report of :func:`run_eval` plus the
     model's fixed validation loss and the settings (with the network forwards actually run per
@@ -59,12 +61,14 @@ def evaluate(
         seed_offset=seed_offset,
         mode=mode,
         size=(data.frames, data.height, data.width),
+        prompt_set=prompt_set,
     )
     seconds = time.perf_counter() - start
     report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
     report["settings"] = {
         "model": model,
         "mode": mode,
+        "prompts": prompt_set,
         "seeds": seeds,
         "seed_offset": seed_offset,
         "steps": steps_used,

@@ -32,7 +32,9 @@ class ValidationSet:
     def __init__(self, cfg: Config, text_encoder: TextEncoder, clips: int | None = None) -> None:
         d = cfg.data
         self.clips = clips or cfg.train.val_clips
-        world = ShapesWorld(d.frames, d.height, d.width, seed=VAL_SEED)
+        world = ShapesWorld(
+            d.frames, d.height, d.width, seed=VAL_SEED, novel_fraction=d.novel_fraction
+        )
         videos, captions = world.batch(range(self.clips))
         x = torch.from_numpy(videos).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         text, mask = text_encoder.encode(captions)

@@ -296,7 +296,9 @@ def open_dataset(cfg: Config, dataset: Any = None) -> tuple[Config, Any, str | N
         return cfg, dataset, note
     if dataset is None:
         d = cfg.data
-        dataset = ShapesWorld(d.frames, d.height, d.width, seed=cfg.train.seed)
+        dataset = ShapesWorld(
+            d.frames, d.height, d.width, seed=cfg.train.seed, novel_fraction=d.novel_fraction
+        )
     return cfg, dataset, None
 
 

@@ -27,6 +27,11 @@ SAMPLE_PROMPTS = [
     canonical_prompt("blue", "triangle", "left"),
     canonical_prompt("yellow", "circle", "down"),
 ]
+# With data.novel_fraction > 0 the last two sample prompts show the novel concepts instead.
+NOVEL_SAMPLE_PROMPTS = [
+    canonical_prompt("orange", "square", "right"),
+    canonical_prompt("white", "diamond", "down"),
+]
 
 
 class Previews:
@@ -42,6 +47,8 @@ class Previews:
         self.cfg, self.dist, self.dataset, self.text = cfg, dist, dataset, text
         self.cached = isinstance(dataset, CacheDataset)
         self.clips, self.prompts = self._first_captions(4) if self.cached else ([], SAMPLE_PROMPTS)
+        if not self.cached and cfg.data.novel_fraction:
+            self.prompts = SAMPLE_PROMPTS[:2] + NOVEL_SAMPLE_PROMPTS
         self.val: ValidationSet | None = None
         self.pipe: Pipeline | None = None
 
