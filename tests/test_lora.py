@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -21,12 +22,12 @@ from safetensors.torch import load_file
 from univid import lora
 from univid.build import load_model_dir
 from univid.cli import main
-from univid.config import resolve_config
+from univid.config import apply_overrides, load_config_file, resolve_config
 from univid.data.shapes import ShapesWorld
 from univid.errors import ConfigError, InputError
 from univid.pipeline import Pipeline
 from univid.train import Trainer, finetune, train
-from univid.train.checkpoint import complete_checkpoints
+from univid.train.checkpoint import check_resume, complete_checkpoints
 
 TINY = ["train.sample_every=0", "train.val_every=0", "train.device=cpu"]
 FT = ["train.steps=4", "train.ckpt_every=2", "train.log_every=1", "train.warmup=1", "train.lr=0.01"]
@@ -256,3 +257,18 @@ def test_two_rank_ddp_and_fsdp_lora_runs_match_one_process(base, tuned, tmp_path
         assert state.keys() == reference.keys()
         for k in state:
             torch.testing.assert_close(state[k], reference[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_checkpoint_from_before_the_lora_section_still_resumes(base):
+    ckpt = complete_checkpoints(base)[-1]
+    saved = json.loads((ckpt / "config.json").read_text())
+    old = {k: v for k, v in saved.items() if k != "lora"}  # as univid wrote it before
+    old["data"] = {k: v for k, v in old["data"].items() if k != "novel_fraction"}
+    (ckpt / "config.json").write_text(json.dumps(old))
+    try:
+        check_resume(ckpt, (base / "config.json").read_text(), 4)  # no error: defaults
+        with pytest.raises(ConfigError, match="lora.rank 8 -> 2"):
+            check_resume(ckpt, apply_overrides(load_config_file(base / "config.json"),
+                                               ["lora.rank=2"]).to_json(), 4)  # fmt: skip
+    finally:
+        (ckpt / "config.json").write_text(json.dumps(saved))

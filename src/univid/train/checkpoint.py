@@ -343,7 +343,9 @@ def check_resume(path: Path, config_json: str, global_batch: int) -> None:
     would make silently: anything but the :data:`RESUMABLE` keys, and a new global batch."""
     if not (path / "config.json").is_file():
         return
-    saved = _flat(read_json(path / "config.json"))
+    # Read through the config classes: a key added to univid since the checkpoint was saved
+    # takes its default, as it does when the run's config is loaded.
+    saved = _flat(json.loads(config_from_dict(read_json(path / "config.json")).to_json()))
     now = _flat(json.loads(config_json))
     changed = [
         k
