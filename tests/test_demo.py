@@ -206,6 +206,17 @@ def test_without_gradio_the_demo_says_how_to_install_it(model, monkeypatch, caps
     assert err == "univid: error: the demo needs gradio: pip install 'univid[demo]'\n"
 
 
+def test_a_missing_lora_folder_or_a_taken_port_is_one_line(model, tmp_path, capsys):
+    missing = tmp_path / "no-adapter"
+    assert main(["demo", "--model", str(model), "--lora", str(missing)]) == 2
+    assert capsys.readouterr().err == f"univid: error: LoRA folder {missing} does not exist\n"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["demo", "--model", str(model), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"univid: error: cannot serve on 127.0.0.1:{port}: address already in use\n"
+
+
 def test_demo_port_out_of_range_is_a_usage_error(capsys):
     assert main(["demo", "--port", "70000"]) == 2
     assert "--port: must be an integer in [1, 65535]" in capsys.readouterr().err
@@ -218,8 +229,8 @@ def test_demo_port_out_of_range_is_a_usage_error(capsys):
 def browser_or_skip():
     """Selenium's Chrome driver on the system's Chromium and chromedriver, or a skip saying
     which part is missing."""
-    for module in ("gradio", "selenium"):
-        pytest.importorskip(module, reason=f"the browser test needs {module}: univid[demo]")
+    for module, extra in (("gradio", "demo"), ("selenium", "test")):
+        pytest.importorskip(module, reason=f"the browser test needs {module}: univid[{extra}]")
     chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
@@ -256,6 +267,16 @@ def wait_until_served(url: str, server: subprocess.Popen, seconds: float = 60) -
     raise AssertionError(f"univid demo did not serve {url} in {seconds} s")
 
 
+STEPS = 20
+# Notes whether the page ever showed the sampler's progress ("sampling - 35.0%").
+SEE_PROGRESS = """
+window.sawProgress = false;
+new MutationObserver(() => {
+  window.sawProgress ||= /sampling - \\d/.test(document.body.innerText);
+}).observe(document.body, {childList: true, subtree: true, characterData: true});
+"""
+
+
 def page_text(driver) -> str:
     return driver.find_element("tag name", "body").text
 
@@ -289,11 +310,17 @@ def test_the_page_in_a_browser(model, tmp_path):
         wait.until(lambda d: "First image" not in page_text(d))
 
         prompt.send_keys(PROMPT)
+        steps = driver.find_element("css selector", "#steps input[type=number]")
+        steps.clear()
+        steps.send_keys(str(STEPS), Keys.TAB)  # long enough to show the progress
+        assert steps.get_attribute("value") == str(STEPS)
+        driver.execute_script(SEE_PROGRESS)
         driver.find_element("css selector", "#generate").click()
         src = wait.until(
             lambda d: [v.get_attribute("src") for v in d.find_elements("css selector", "video")]
         )[0]
         assert src.startswith(url), src  # served by the demo itself
+        assert driver.execute_script("return window.sawProgress"), "no progress bar was shown"
         served = tmp_path / "served.mp4"
         with urllib.request.urlopen(src, timeout=10) as response:
             served.write_bytes(response.read())

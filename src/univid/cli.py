@@ -560,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a LoRA adapter folder the page offers; repeatable",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=_number(limits.PORT), default=7860)
+    p.add_argument("--port", type=_number(limits.PORT), default=7860, help="default: 7860")
     _add_choice(p, "--device", DEVICES, default="auto")
     p.set_defaults(func=_demo)
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser

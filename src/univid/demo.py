@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -169,7 +170,9 @@ def build_demo(pipe: Any, loras: Sequence[str | Path] = ()) -> Any:
                 video = gr.Video(label="Video to continue", sources=["upload"], visible=False)
                 with gr.Row():
                     most = max(MAX_STEPS_SHOWN, flow.sample_steps)
-                    steps = gr.Slider(1, most, value=flow.sample_steps, step=1, label="Steps")
+                    steps = gr.Slider(
+                        1, most, value=flow.sample_steps, step=1, label="Steps", elem_id="steps"
+                    )
                     most = max(MAX_GUIDANCE_SHOWN, flow.guidance)
                     guidance = gr.Slider(0, most, value=flow.guidance, step=0.1, label="Guidance")
                     seed = gr.Number(0, precision=0, minimum=0, maximum=SEED.hi, label="Seed")
@@ -185,7 +188,22 @@ def build_demo(pipe: Any, loras: Sequence[str | Path] = ()) -> Any:
             flags = shown.get(chosen, (0, 0, 0))
             return [gr.update(visible=bool(f)) for f in flags]
 
-        def generate(*inputs: Any, progress: Any = gr.Progress(track_tqdm=True)) -> str:  # noqa: B008
+        # Gradio finds the progress bar by its parameter's default (the sampler's tqdm bar
+        # drives it); it passes the inputs by position, in the order of `inputs` below.
+        def generate(
+            prompt,
+            mode,
+            image,
+            last_image,
+            video,
+            steps,
+            guidance,
+            seed,
+            lora,
+            scale,
+            progress=gr.Progress(track_tqdm=True),  # noqa: B008
+        ) -> str:
+            inputs = (prompt, mode, image, last_image, video, steps, guidance, seed, lora, scale)
             try:
                 return str(demo.run(*inputs))
             except UnividError as exc:
@@ -199,6 +217,17 @@ def build_demo(pipe: Any, loras: Sequence[str | Path] = ()) -> Any:
     return page
 
 
+def check_port(host: str, port: int) -> None:
+    """InputError unless ``port`` on ``host`` can be listened on now."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        # create_server's own message repeats the address: say the reason only.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror
+        raise InputError(f"cannot serve on {host}:{port}: {str(reason).lower()}") from None
+
+
 def serve(
     model: str | Path,
     loras: Sequence[str | Path] = (),
@@ -207,12 +236,13 @@ def serve(
     device: str = "auto",
 ) -> None:
     """Load ``model`` and serve its page at http://host:port until interrupted."""
-    gr = import_gradio()
-    from univid.pipeline import Pipeline
-
     for folder in loras:
         if not Path(folder).is_dir():
             raise InputError(f"LoRA folder {folder} does not exist")
+    check_port(host, port)  # before the model loads: a taken port is one line, at once
+    gr = import_gradio()
+    from univid.pipeline import Pipeline
+
     page = build_demo(Pipeline.from_pretrained(model, device=device), loras)
     system = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: nothing fetched
     theme = gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
