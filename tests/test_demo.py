@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -343,9 +344,9 @@ def test_the_page_in_a_browser(model, tmp_path):
         assert "Traceback" not in driver.page_source
     finally:
         driver.quit()
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # as Ctrl-C: the demo removes its videos
         try:
-            server.wait(timeout=10)
+            server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import tempfile
 from collections.abc import Sequence
@@ -244,6 +245,14 @@ def serve(
     from univid.pipeline import Pipeline
 
     page = build_demo(Pipeline.from_pretrained(model, device=device), loras)
+    try:
+        launch(page, gr, host, port)
+    finally:  # Ctrl-C: the videos made go with the server
+        shutil.rmtree(page.demo.out_dir, ignore_errors=True)
+
+
+def launch(page: Any, gr: Any, host: str, port: int) -> None:
+    """Serve ``page`` until interrupted, with no web fonts and no share link."""
     system = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: nothing fetched
     theme = gr.themes.Default(font=system, font_mono=["ui-monospace", "monospace"])
     print(f"univid demo: http://{host}:{port}", flush=True)
