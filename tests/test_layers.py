@@ -1,7 +1,7 @@
 """The layering of the code as a test: every import points down (or sideways within a layer).
 
     model, flow (import only torch)  <-  build  <-  speed, parallel  <-  data, pipeline
-        <-  train, eval  <-  cli
+        <-  train, eval, demo  <-  cli
 
 The core modules (errors, files, config, device, text, autoencoder, video) sit beside model and
 flow at the bottom; imports inside functions count like the others.
@@ -37,6 +37,7 @@ LAYERS = {
     "train": 4,
     "eval": 4,
     "bench": 4,
+    "demo": 4,
     "cli": 5,
     "__main__": 6,
 }

@@ -1,4 +1,4 @@
-"""The command line: ``univid prepare | train | generate | eval | info | export``.
+"""The command line: ``univid prepare | train | generate | eval | info | export | demo``.
 
 It only parses and calls.
 
@@ -212,6 +212,12 @@ def _eval(args: argparse.Namespace) -> None:
     }
     paths = {"report": str(out), "grid": str(grid), "failures_grid": failures and str(failures)}
     print(json.dumps({**summary, **paths}))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from univid.demo import serve
+
+    serve(args.model, args.lora, host=args.host, port=args.port, device=args.device)
 
 
 def _pipeline(args: argparse.Namespace):
@@ -593,6 +599,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_lora_options(p)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("demo", help="serve a web page that generates videos (needs univid[demo])")
+    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    p.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a LoRA adapter folder the page offers; repeatable",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=_number(limits.PORT), default=7860, help="default: 7860")
+    _add_choice(p, "--device", DEVICES, default="auto")
+    p.set_defaults(func=_demo)
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser
     return parser
 

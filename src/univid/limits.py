@@ -62,6 +62,8 @@ NUM_VIDEOS = Range(1, 4096)
 # Nearest-neighbour upscaling of written videos; the upscaled frame must also fit, see
 # MAX_FRAME_SIDE.
 SCALE = Range(1, 64)
+# The TCP port `univid demo` listens on.
+PORT = Range(1, 65_535)
 # Longest side of a written frame in pixels (GIF and PNG store sizes in 16 bits).
 MAX_FRAME_SIDE = 65_535
 # Frames of a clip that `generate --video` continues (the model's frame count bounds it too).
