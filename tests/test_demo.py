@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -31,11 +32,13 @@ from univid.demo import MODE_LABELS, NO_LORA, VIEW_SCALE, Demo
 from univid.errors import InputError
 from univid.given import fit_frame
 from univid.pipeline import Pipeline
+from univid.train import finetune
 from univid.video import save_video
 
 PER_FRAME = ["model.patch=1,4,4", *(f"flow.mix_{m}=1" for m in ("i2v", "extend", "interpolate"))]
 FRAMES, SIZE = 4, 16  # the tiny preset
 PROMPT = "a red circle moving right"
+QUIET = ["train.sample_every=0", "train.val_every=0", "train.device=cpu"]
 
 
 def model_folder(folder: Path, *overrides: str) -> Path:
@@ -192,6 +195,29 @@ def test_lora_changes_between_videos_are_applied(tmp_path):
         assert pipe.calls == calls, (lora, scale)
     with pytest.raises(InputError, match="LoRA 'c' is not one of"):
         demo.run(PROMPT, "t2v", None, None, None, 2, 3.0, 0, "c", 1.0)
+
+
+def test_a_real_adapter_changes_the_video_and_goes_away(tmp_path):
+    # A base whose weights are all random (its output head too, so adapters on the blocks
+    # reach the video), and an adapter fine-tuned from it for one step at a high rate.
+    cfg = resolve_config("tiny", PER_FRAME)
+    net = build_model(cfg.model)
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file(net.state_dict(), str(tmp_path / "base" / "model.safetensors"))
+    tuned = tmp_path / "tuned"
+    finetune(str(tmp_path / "base"), [*QUIET, "train.steps=1", "train.lr=1", "train.warmup=1",
+             "train.ema_decay=0", "lora.rank=2"], str(tuned))  # fmt: skip
+    pipe = Pipeline.from_pretrained(tmp_path / "base", device="cpu")
+    demo = Demo(pipe, [tuned], out_dir=tmp_path / "videos")
+    plain = decode(demo.run(PROMPT, "t2v", None, None, None, 2, 3.0, 1, None, 1.0), FRAMES, SIZE)
+    adapted = demo.run(PROMPT, "t2v", None, None, None, 2, 3.0, 1, str(tuned), 1.0)
+    assert pipe.lora is not None and pipe.lora["path"] == str(tuned)
+    assert float(np.abs(decode(adapted, FRAMES, SIZE) - plain.astype(float)).mean()) > 5
+    again = demo.run(PROMPT, "t2v", None, None, None, 2, 3.0, 1, NO_LORA, 1.0)
+    assert pipe.lora is None and np.array_equal(decode(again, FRAMES, SIZE), plain)
 
 
 def test_a_text_only_model_offers_text_to_video_only(tmp_path):

@@ -51,6 +51,7 @@ class Demo:
         if NO_LORA in self.loras:
             raise InputError(f"a LoRA folder cannot be named {NO_LORA!r}: give it as ./{NO_LORA}")
         self.out_dir = Path(out_dir or tempfile.mkdtemp(prefix="univid-demo-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.loaded: tuple[str, float] = (NO_LORA, 1.0)
         self.count = itertools.count()
 
