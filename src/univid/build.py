@@ -117,7 +117,8 @@ def export_model_dir(
     dtype: torch.dtype = torch.float32,
     merge: tuple[str | None, float] | None = None,
 ) -> Path:
-    """Copy a model (e.g. a run's EMA weights) to a plain model folder, optionally in fp16.
+    """Copy a model (e.g. a run's EMA weights) to a plain model folder, optionally in fp16; a
+    LoRA fine-tuning run to an adapter folder (adapter files + config.json).
 
     ``merge`` = (adapter folder or None, scale) folds a LoRA adapter into the weights: the
     given folder's onto the model, or (None) the adapter of a LoRA fine-tuning run. Each file
@@ -128,8 +129,15 @@ def export_model_dir(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     cfg, model = load_model_dir(name_or_dir)
-    if merge is None and lora.has_adapter(model):
-        raise InputError(f"{name_or_dir} is a LoRA fine-tuning run: export it with --merge-lora")
+    if merge is None and lora.has_adapter(model):  # a LoRA run: its adapter folder
+        state = {k: v.to(dtype) for k, v in lora.adapter_tensors(model.state_dict()).items()}
+        try:
+            lora.save_adapter(out, state, cfg)
+            text = cfg.to_json()
+            atomic_write(out / "config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        except OSError as exc:
+            raise InputError(f"cannot write {exc.filename or out}: {exc.strerror}") from None
+        return out
     if merge is not None:
         folder, scale = merge
         if folder is not None:

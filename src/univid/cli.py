@@ -588,9 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info_options(p)
     p.set_defaults(func=_info)
 
-    p = sub.add_parser("export", help="copy a run's EMA weights into a plain model folder")
+    p = sub.add_parser(
+        "export", help="copy a run's EMA weights (or a LoRA run's adapter) into a plain folder"
+    )
     p.add_argument("model", help="run folder or model folder (or a LoRA fine-tuning run)")
-    p.add_argument("--out", required=True, help="folder for config.json + model.safetensors")
+    p.add_argument(
+        "--out", required=True, help="folder for config.json + model.safetensors (or adapter.*)"
+    )
     _add_choice(p, "--dtype", DTYPES, default="float32")
     p.add_argument(
         "--merge-lora",
