@@ -23,6 +23,7 @@ from univid import lora
 from univid.build import load_model_dir
 from univid.cli import main
 from univid.config import apply_overrides, load_config_file, resolve_config
+from univid.data import BadSample
 from univid.data.shapes import ShapesWorld
 from univid.errors import ConfigError, InputError
 from univid.pipeline import Pipeline
@@ -278,3 +279,19 @@ def test_a_checkpoint_from_before_the_lora_section_still_resumes(base):
                                                ["lora.rank=2"]).to_json(), 4)  # fmt: skip
     finally:
         (ckpt / "config.json").write_text(json.dumps(saved))
+
+
+class BadAt(ShapesWorld):
+    def __getitem__(self, index: int):
+        if index in (1, 6):
+            raise BadSample(f"clip {index} is corrupt (planted by the test)")
+        return super().__getitem__(index)
+
+
+def test_a_lora_run_skips_bad_samples(base, tmp_path):
+    cfg = resolve_config("tiny", [*TINY, *FT, "lora.rank=4", f"lora.base={base}"])
+    trainer = Trainer(cfg, tmp_path, progress=False, dataset=BadAt(frames=4, height=16, width=16))
+    trainer.run()
+    assert trainer.step == 4 and trainer.skipped == 2
+    assert "clip 6 is corrupt" in (tmp_path / "skipped.log").read_text()
+    assert lora.read_adapter(tmp_path)[1]
