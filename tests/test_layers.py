@@ -1,6 +1,6 @@
 """The layering of the code as a test: every import points down (or sideways within a layer).
 
-    model, flow (import only torch)  <-  build  <-  speed, parallel  <-  data, pipeline
+    model, flow (import only torch)  <-  build, lora  <-  speed, parallel  <-  data, pipeline
         <-  train, eval, demo  <-  cli
 
 The core modules (errors, files, config, device, text, autoencoder, video) sit beside model and
@@ -26,6 +26,7 @@ LAYERS = {
     "model": 0,
     "flow": 0,
     "build": 1,
+    "lora": 1,
     "speed": 2,
     "step_cache": 2,
     "parallel": 2,
