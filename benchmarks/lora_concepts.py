@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from univid.bench.measure import cpu_flags
+
 CHILD = """
 import resource, sys
 from univid.cli import main
@@ -32,15 +34,6 @@ code = main(sys.argv[1:])
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
 sys.exit(code)
 """
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), ":")
-    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512")))
 
 
 def univid(*args: str) -> tuple[float, float, str]:

@@ -21,18 +21,9 @@ from pathlib import Path
 
 import torch
 
+from univid.bench.measure import cpu_flags
 from univid.build import build_model
 from univid.config import resolve_config
-
-
-def cpu_flags() -> list[str]:
-    """The matrix-unit flags of this CPU (bf16 speed depends on them)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), ":")
-    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512")))
 
 
 def timed(fn, t: torch.Tensor) -> float:

@@ -99,11 +99,22 @@ def device_peak(device: torch.device, dtype: torch.dtype, n: int = 4096) -> tupl
     return 2 * n**3 / best, f"measured ({n}x{n} matmul, best of 6)"
 
 
+def cpu_flags() -> list[str]:
+    """The CPU's matrix-unit and AVX-512 flags (bf16 speed depends on them; Linux only)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), ":")
+    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512")))
+
+
 def host() -> dict:
-    """torch version, CPU, torch threads and the CPU's vector capability."""
+    """torch version, CPU, its flags, torch threads and the CPU's vector capability."""
     return {
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
+        "cpu_flags": cpu_flags(),
         "threads": torch.get_num_threads(),
         "capability": torch.backends.cpu.get_cpu_capability(),
     }
