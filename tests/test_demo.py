@@ -6,7 +6,6 @@ per-frame model, and the page itself served by ``univid demo`` and driven in hea
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -19,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import save_file
+from tiny_models import random_model_folder
 
-from univid.build import build_model, resolve_model_dir
+from univid.build import resolve_model_dir
 from univid.cli import main
 from univid.config import load_config_file, resolve_config
 from univid.config.sections import EVAL_MODES
@@ -41,19 +39,9 @@ PROMPT = "a red circle moving right"
 QUIET = ["train.sample_every=0", "train.val_every=0", "train.device=cpu"]
 
 
-def model_folder(folder: Path, *overrides: str) -> Path:
-    """A model folder with the tiny preset's config (and ``overrides``) and random weights: its
-    velocity is ~0 (zero-initialised output), so a video is its noise, far from blank."""
-    cfg = resolve_config("tiny", list(overrides))
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-    save_file(build_model(cfg.model).state_dict(), str(folder / "model.safetensors"))
-    return folder
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return model_folder(tmp_path_factory.mktemp("demo") / "model", *PER_FRAME)
+    return random_model_folder(tmp_path_factory.mktemp("demo") / "model", *PER_FRAME)
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +188,7 @@ def test_lora_changes_between_videos_are_applied(tmp_path):
 def test_a_real_adapter_changes_the_video_and_goes_away(tmp_path):
     # A base whose weights are all random (its output head too, so adapters on the blocks
     # reach the video), and an adapter fine-tuned from it for one step at a high rate.
-    cfg = resolve_config("tiny", PER_FRAME)
-    net = build_model(cfg.model)
-    for p in net.parameters():
-        torch.nn.init.normal_(p, std=0.2)
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "config.json").write_text(json.dumps(cfg.to_dict()))
-    save_file(net.state_dict(), str(tmp_path / "base" / "model.safetensors"))
+    random_model_folder(tmp_path / "base", *PER_FRAME, std=0.2)
     tuned = tmp_path / "tuned"
     finetune(str(tmp_path / "base"), [*QUIET, "train.steps=1", "train.lr=1", "train.warmup=1",
              "train.ema_decay=0", "lora.rank=2"], str(tuned))  # fmt: skip

@@ -9,11 +9,9 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-from safetensors.torch import save_file
+from tiny_models import random_model_folder
 
-from univid.build import build_model
 from univid.cli import main
-from univid.config import resolve_config
 from univid.data.decode import ClipSpec, read_clip, read_image
 from univid.errors import InputError
 from univid.given import fit_frame
@@ -23,15 +21,6 @@ from univid.video import save_video
 PER_FRAME = [f"flow.mix_{m}=1" for m in ("i2v", "extend", "interpolate", "per_frame")]
 SIZE = 16  # the tiny preset: 4 frames of 16x16
 PROMPT = "a red circle moving right"
-
-
-def random_model(folder, *overrides: str):
-    """A model folder with the tiny preset's config (and ``overrides``), random weights."""
-    cfg = resolve_config("tiny", list(overrides))
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
-    save_file(build_model(cfg.model).state_dict(), str(folder / "model.safetensors"))
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +35,7 @@ def models(tmp_path_factory):
     config = json.loads((run / "config.json").read_text())
     config["flow"].update({f"mix_{m}": 0.0 for m in ("i2v", "extend", "interpolate", "per_frame")})
     (t2v / "config.json").write_text(json.dumps(config))
-    patch2 = random_model(root / "patch2", "model.patch=2,4,4", *PER_FRAME)
+    patch2 = random_model_folder(root / "patch2", "model.patch=2,4,4", *PER_FRAME)
     return {"run": run, "t2v": t2v, "patch2": patch2}
 
 

@@ -1,4 +1,5 @@
-"""Tiny randomly initialised diffusers VAEs saved as local folders (no weights ship offline).
+"""Tiny randomly initialised diffusers VAEs and univid models saved as local folders (no weights
+ship offline).
 
 ``save_tiny(kind, folder)`` saves one of the five supported classes with safetensors weights and
 returns the folder, to be loaded through ``load_autoencoder(str(folder))`` like a real one.
@@ -122,3 +123,25 @@ def save_tiny_wan(folder: Path) -> Path:
     """A tiny random ``AutoencoderKLWan`` in ``folder``: 4 latent channels, spatial ratio 8,
     temporal ratio 4 (videos of 1 + 4k frames, sides multiple of 8), latents_mean/std set."""
     return save_tiny("wan", folder)
+
+
+def random_model_folder(folder: Path, *overrides: str, std: float = 0.0) -> Path:
+    """A univid model folder with the tiny preset's config (and ``overrides``) and freshly
+    initialised weights: the output head starts at zero, so its velocity is 0 and a video is
+    its noise; ``std`` > 0 draws every weight from N(0, std) instead (the head too)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from univid.build import build_model
+    from univid.config import resolve_config
+
+    cfg = resolve_config("tiny", list(overrides))
+    net = build_model(cfg.model)
+    if std:
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=std)
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(cfg.to_dict()))
+    save_file(net.state_dict(), str(folder / "model.safetensors"))
+    return folder
