@@ -110,7 +110,9 @@ def main() -> None:
                                      "--seeds", str(args.seeds), "--seed-offset",
                                      str(args.seed_offset), "--out", str(report))  # fmt: skip
             summary = json.loads(stdout.strip().splitlines()[-1])
-            lines.append({"kind": "eval", "model": name, "prompts": prompts, **summary})
+            summary.pop("grid", None), summary.pop("failures_grid", None)
+            summary["report"] = report.name  # beside the runs in --out
+            lines.append({**summary, "kind": "eval", "model": name, "prompts": prompts})
             print(json.dumps(lines[-1]), flush=True)
     if args.jsonl:
         with open(args.jsonl, "a", encoding="utf-8") as f:

@@ -3,8 +3,13 @@
 ``samples.gif``: text to video for eight prompts (seed 0). ``i2v.gif``, ``extend.gif`` and
 ``interpolate.gif``: four prompts each, given the frames of a held-out shapes-world clip as
 ``univid eval --mode`` gives them (seed 0); a given frame wears an orange frame.
+
+``python docs/make_assets.py lora LORA_RUN FULL_RUN`` makes ``lora.gif`` instead: four prompts
+with the concepts the bundled model never saw (seed 0), a row each for the base, the base with
+the LoRA adapter, and the fully fine-tuned model (the runs of benchmarks/lora_concepts.py).
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +61,26 @@ def with_given(pipe: univid.Pipeline, mode: str, prompts: list[str]) -> None:
     print(save_video(grid, OUT / f"{mode}.gif", fps=d.fps))
 
 
+NOVEL = [
+    "an orange circle moving right",
+    "a white diamond moving down",
+    "an orange diamond moving left",
+    "a green diamond moving up",
+]
+
+
+def lora_rows(lora: str, full: str) -> None:
+    base = univid.Pipeline.from_pretrained("shapes-tiny", device="cpu")
+    rows = [base(NOVEL, seed=0), base.load_lora(lora)(NOVEL, seed=0)]
+    rows.append(univid.Pipeline.from_pretrained(full, device="cpu")(NOVEL, seed=0))
+    grid = np.concatenate([tile(gutter(upscale(r, SCALE))) for r in rows], axis=1)
+    print(save_video(grid, OUT / "lora.gif", fps=base.config.data.fps))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["lora"]:
+        lora_rows(*sys.argv[2:4])
+        return
     pipe = univid.Pipeline.from_pretrained("shapes-tiny", device="cpu")
     text_to_video(pipe)
     for mode, prompts in (

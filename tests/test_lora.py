@@ -145,6 +145,11 @@ def test_generate_and_eval_take_an_adapter(base, tuned, tmp_path):
     assert main(["generate", "a red circle moving right", "--model", str(tuned), "--steps", "2",
                  "--out", str(tmp_path / "c.npy")]) == 0  # fmt: skip
     assert np.array_equal(np.load(tmp_path / "c.npy"), with_adapter)
+    report = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(base), "--lora", str(tuned), "--lora-scale", "0.5"]
+    assert main([*argv, "--seeds", "1", "--steps", "1", "--out", str(report)]) == 0
+    settings = json.loads(report.read_text())["settings"]
+    assert settings["lora"] == str(tuned) and settings["lora_scale"] == 0.5
 
 
 def test_resume_of_a_lora_run_is_bit_exact(base, tuned, tmp_path):

@@ -65,8 +65,11 @@ def evaluate(
     )
     seconds = time.perf_counter() - start
     report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
+    adapter = getattr(pipe, "lora", None) or {}  # a LoRA adapter on the model, if any
     report["settings"] = {
         "model": model,
+        "lora": adapter.get("path"),
+        "lora_scale": adapter.get("scale"),
         "mode": mode,
         "prompts": prompt_set,
         "seeds": seeds,
