@@ -27,11 +27,13 @@ from pathlib import Path
 
 from univid.bench.measure import cpu_flags
 
+# The peak is this process's VmHWM: getrusage's ru_maxrss would carry the parent's size over.
 CHILD = """
-import resource, sys
+import sys
 from univid.cli import main
 code = main(sys.argv[1:])
-print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+peak = next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")).split()[1]
+print("MAXRSS_KB", peak, file=sys.stderr)
 sys.exit(code)
 """
 

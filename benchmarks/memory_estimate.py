@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,12 +31,17 @@ MEDIUM = [
 CASES = [("train", SMALL), ("train", [*SMALL, *MEDIUM]), ("generate", MEDIUM)]
 
 
-def rss() -> int:
+def rss(field: str = "VmRSS") -> int:
+    """This process's resident memory now (VmRSS) or at its peak (VmHWM), in bytes.
+
+    The peak is read here, not from getrusage's ru_maxrss: Linux carries ru_maxrss across
+    execve, so a child started by a big parent (a long pytest run) would report the parent's
+    size as its own peak."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def child(kind: str, overrides: list[str]) -> dict:
@@ -66,7 +70,7 @@ def child(kind: str, overrides: list[str]) -> dict:
         base = rss()
         pipe(["a red circle"] * 4, num_steps=2)
         estimate = memory.generation(cfg, 4)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = rss("VmHWM")
     return {
         "measured": peak - base,
         "estimate": estimate.total - memory.BASE,
