@@ -40,6 +40,7 @@ LAYERS = {
     "bench": 4,
     "demo": 4,
     "cli": 5,
+    "cli_options": 5,
     "__main__": 6,
 }
 ROOT = Path(univid.__file__).parent

@@ -1,6 +1,7 @@
-"""The command line: ``univid prepare | train | generate | eval | info | export | demo``.
+"""The command line: ``univid prepare | train | finetune | generate | eval | demo | bench | info |
+export``.
 
-It only parses and calls.
+It only parses and calls; the options themselves are in :mod:`univid.cli_options`.
 
 User errors (:class:`univid.UnividError`) print one line and exit with code 2; ``--debug`` shows
 the traceback instead.
@@ -12,73 +13,26 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 from univid import limits
-from univid.config.sections import BUILTIN_AUTOENCODERS, EVAL_MODES, RANGES
-from univid.data.shapes import PROMPT_SETS
+from univid.cli_options import (
+    DEVICES,
+    DTYPES,
+    Parser,
+    add_bench_options,
+    add_choice,
+    add_eval_options,
+    add_given_options,
+    add_info_options,
+    add_lora_options,
+    add_prepare_options,
+    add_sampling_options,
+    add_speed_options,
+    number,
+)
+from univid.config.sections import BUILTIN_AUTOENCODERS
 from univid.errors import InputError, UnividError
-from univid.limits import Range
-
-
-class Choices:
-    """An option's allowed values, read from the module that defines them when argparse first
-    asks (so building the parser imports no torch, and no value is written twice)."""
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def values(self) -> tuple[str, ...]:
-        import importlib
-
-        return tuple(getattr(importlib.import_module(self.module), self.name))
-
-    def __iter__(self):
-        return iter(self.values())
-
-    def __contains__(self, value: object) -> bool:
-        return value in self.values()
-
-    def __len__(self) -> int:
-        return len(self.values())
-
-
-SOLVERS = Choices("univid.flow", "SOLVERS")
-ATTENTION_BACKENDS = Choices("univid.speed", "ATTENTION_BACKENDS")
-QUANTIZATION = Choices("univid.speed", "QUANTIZATION")
-PRECISIONS = Choices("univid.device", "PRECISIONS")
-DEVICES = Choices("univid.device", "DEVICES")
-DTYPES = Choices("univid.device", "DTYPES")
-PADDING = Choices("univid.text.encoder", "PADDING")
-RESIZE_MODES = Choices("univid.data.decode", "RESIZE_MODES")
-
-
-def _number(allowed: Range | str) -> Callable[[str], int | float]:
-    """An argparse type: a number in ``allowed`` (a :class:`Range` or a config key, whose range
-    the option shares). NaN, infinities and numbers out of range are argparse's own one-line
-    error (exit 2), before anything runs."""
-    allowed = RANGES[allowed] if isinstance(allowed, str) else allowed
-
-    def parse(text: str) -> int | float:
-        value = float(text) if allowed.real else int(text)
-        if value not in allowed:
-            raise argparse.ArgumentTypeError(f"must be {allowed.describe()}, got {text}")
-        return value
-
-    parse.__name__ = "float" if allowed.real else "int"  # argparse names it in its errors
-    return parse
-
-
-def _add_choice(
-    p: argparse.ArgumentParser, flag: str, choices: Choices, help: str = "", **kwargs: object
-) -> None:
-    """An option whose values come from ``choices``: the metavar keeps argparse from reading
-    them while the parser is built; help lists them when it is shown."""
-    metavar = flag.lstrip("-").upper().replace("-", "_")
-    help = f"{help} (%(choices)s)" if help else "one of %(choices)s"
-    p.add_argument(flag, choices=choices, metavar=metavar, help=help, **kwargs)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -237,121 +191,12 @@ def _sampling(args: argparse.Namespace) -> dict:
     return {"shift": args.shift, "solver": args.solver, "step_cache": args.step_cache}
 
 
-def _given_frame(text: str) -> tuple[int, str]:
-    """An argparse type: ``INDEX=PATH`` of ``--frame``."""
-    index, sep, path = text.partition("=")
-    try:
-        if not sep or not path:
-            raise ValueError
-        return int(index), path
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be INDEX=PATH, got {text!r}") from None
-
-
-def _add_given_options(p: argparse.ArgumentParser) -> None:
-    """Frames given to generation (models trained with a flow.mix_* besides t2v)."""
-    p.add_argument("--image", metavar="PATH", help="first frame (image to video)")
-    p.add_argument("--last-image", metavar="PATH", help="last frame (with --image: in-between)")
-    p.add_argument(
-        "--frame",
-        type=_given_frame,
-        action="append",
-        default=[],
-        metavar="INDEX=PATH",
-        help="an image at frame INDEX (negative counts from the end: --frame=-2=x.png); repeatable",
-    )
-    p.add_argument("--video", metavar="PATH", help="a clip to continue from its last frames")
-    p.add_argument(
-        "--keep",
-        type=_number(limits.KEEP),
-        help="frames of --video to continue, at the model's fps (default: half the model's)",
-    )
-
-
-def _add_sampling_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--steps", type=_number("flow.sample_steps"), help="sampling steps (default: the model's)"
-    )
-    p.add_argument(
-        "--guidance", type=_number("flow.guidance"), help="classifier-free guidance scale"
-    )
-
-
-def _add_speed_options(p: argparse.ArgumentParser) -> None:
-    _add_choice(p, "--solver", SOLVERS, help="ODE solver (default: the model's)")
-    p.add_argument(
-        "--shift", type=_number("flow.shift"), help="time shift of the step schedule (1 = uniform)"
-    )
-    p.add_argument(
-        "--step-cache",
-        type=_number("flow.step_cache"),
-        metavar="T",
-        help="skip the blocks while their input changed less than T in total (0 = off)",
-    )
-    _add_choice(p, "--attention", ATTENTION_BACKENDS, default="auto")
-    _add_choice(p, "--precision", PRECISIONS, default="auto")
-    p.add_argument("--compile", action="store_true", help="torch.compile each block (cached)")
-    _add_choice(p, "--quantize", QUANTIZATION, default="none", help="int8 via torchao")
-    _add_lora_options(p)
-
-
-def _add_lora_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lora", metavar="DIR", help="a LoRA adapter (or fine-tuning run) folder")
-    p.add_argument(
-        "--lora-scale",
-        type=_number(limits.LORA_SCALE),
-        default=1.0,
-        metavar="S",
-        help="strength of the adapter (1 = as trained, 0 = the base)",
-    )
-
-
 def _bench(args: argparse.Namespace) -> int:
     from univid.bench import run_bench
     from univid.bench.settings import settings_from_options
 
     settings = settings_from_options(vars(args), command_line="univid " + " ".join(args.argv))
     return run_bench(settings)
-
-
-def _add_bench_options(p: argparse.ArgumentParser) -> None:
-    from univid.bench.settings import SUITES, VERSUS, BenchSettings  # no torch
-
-    d = BenchSettings()
-    p.add_argument(
-        "--size", default=d.size, help="preset whose model is measured (tiny, S, B, L, XL)"
-    )
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the preset")
-    p.add_argument("--batch", type=int, default=d.batch, help="videos per step")
-    p.add_argument("--frames", type=int, default=d.frames)
-    p.add_argument("--height", type=int, default=d.height)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--text-len", type=int, default=d.text_len, help="caption tokens (all real)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per measurement")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed runs first (>= 1)")
-    p.add_argument(
-        "--suites",
-        default=",".join(d.suites),
-        help=f"comma-separated, or 'all': {', '.join(SUITES)}",
-    )
-    p.add_argument("--vs", choices=VERSUS, help="also time diffusers' CogVideoX transformer")
-    p.add_argument("--vs-compile", action="store_true", help="also compare both compiled")
-    p.add_argument(
-        "--sweep-depth", type=int, default=d.sweep_depth, help="blocks of the token-sweep model"
-    )
-    p.add_argument(
-        "--sweep-max-tokens", type=int, default=d.sweep_max_tokens, help="largest sweep size"
-    )
-    p.add_argument(
-        "--sweep-max-gb", type=float, default=d.sweep_max_gb, help="skip naive sweeps above"
-    )
-    p.add_argument(
-        "--threads", type=int, default=d.threads, help="CPU threads (0 = torch's default)"
-    )
-    _add_choice(p, "--device", DEVICES, default=d.device)
-    p.add_argument("--jsonl", help="also write the JSON lines to this file")
-    p.add_argument("--report", help="write a Markdown report (and the sweep plot) here")
-    p.add_argument("--from-jsonl", help="render --report from an earlier --jsonl, measure nothing")
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -401,125 +246,6 @@ def _export(args: argparse.Namespace) -> None:
     print(export_model_dir(args.model, args.out, DTYPES[args.dtype], merge))
 
 
-def _add_prepare_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("src", help="folder of videos/images with .txt captions, or a .csv/.jsonl table")
-    p.add_argument("--out", help="cache folder (rerun the same command to resume)")
-    p.add_argument("--check", action="store_true", help="only list unusable clips and why")
-    p.add_argument(
-        "--autoencoder",
-        default=BUILTIN_AUTOENCODERS[0],
-        help=f"{' or '.join(BUILTIN_AUTOENCODERS)} (bundled) or a local diffusers folder",
-    )
-    p.add_argument("--text-encoder", default="minilm", help="'minilm' or a local HF folder")
-    p.add_argument(
-        "--max-length", type=_number("text.max_length"), default=32, help="caption tokens kept"
-    )
-    _add_choice(p, "--padding", PADDING, default="longest")
-    p.add_argument(
-        "--frames", type=_number("data.frames"), default=8, help="frames per clip (one bucket)"
-    )
-    p.add_argument("--height", type=_number("data.height"), default=32)
-    p.add_argument("--width", type=_number("data.width"), default=32)
-    p.add_argument(
-        "--buckets", help="FxHxW,... shapes to group clips into (default: frames x height x width)"
-    )
-    p.add_argument(
-        "--fps",
-        type=_number(limits.PREPARE_FPS),
-        default=8.0,
-        help="frame rate clips are resampled to",
-    )
-    p.add_argument(
-        "--stride",
-        type=_number(limits.STRIDE),
-        default=0,
-        help="sample each clip from every N-th source frame instead of at --fps (0: use --fps)",
-    )
-    p.add_argument(
-        "--window-stride",
-        type=_number(limits.WINDOW_STRIDE),
-        default=0,
-        help="cut each video into many clips: a window every N clip frames (at --fps, or of "
-        "--stride), within each shot (never across a cut); 0: one clip per video, its start",
-    )
-    _add_choice(p, "--resize", RESIZE_MODES, default="crop")
-    p.add_argument("--max-source-pixels", type=_number(limits.SOURCE_PIXELS), default=8192 * 8192)
-    _add_choice(p, "--dtype", DTYPES, default="float32")
-    p.add_argument(
-        "--shard-size", type=_number(limits.SHARD_SIZE), default=64, help="clips per shard file"
-    )
-    p.add_argument(
-        "--batch-size", type=_number(limits.BATCH), default=4, help="clips encoded together"
-    )
-    p.add_argument("--max-bad-fraction", type=_number(limits.FRACTION), default=0.1)
-    _add_choice(p, "--device", DEVICES, default="auto")
-
-
-def _add_info_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model", default="shapes-tiny", help="preset (tiny, S, B, L, XL, ...), config or folder"
-    )
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
-    p.add_argument(
-        "--frames", type=_number("data.frames"), help="video frames (default: the config's)"
-    )
-    p.add_argument(
-        "--height", type=_number("data.height"), help="video height (default: the config's)"
-    )
-    p.add_argument(
-        "--width", type=_number("data.width"), help="video width (default: the config's)"
-    )
-    p.add_argument(
-        "--text-len", type=_number("text.max_length"), help="text tokens (default: text.max_length)"
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-
-def _add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
-    _add_choice(
-        p,
-        "--mode",
-        EVAL_MODES,
-        default="t2v",
-        help="what each video is given: nothing, frame 0, the first half of a held-out clip, "
-        "or its first and last frames",
-    )
-    _add_choice(
-        p,
-        "--prompts",
-        PROMPT_SETS,
-        default=PROMPT_SETS[0],
-        help="which prompts: the world's colour x shape x direction ones, or every one with a "
-        "concept the bundled model never saw (orange, diamond)",
-    )
-    p.add_argument("--seeds", type=_number(limits.EVAL_SEEDS), default=2, help="seeds per prompt")
-    p.add_argument(
-        "--seed-offset",
-        type=_number(limits.SEED),
-        default=1_000_000,
-        help="first seed (seeds offset..offset+seeds-1); the default is far from the seeds that "
-        "training, development and the docs use",
-    )
-    _add_sampling_options(p)
-    p.add_argument(
-        "--batch-size", type=_number(limits.BATCH), default=42, help="videos per sampling batch"
-    )
-    p.add_argument("--out", default="report.json", help="JSON report path")
-    p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
-    _add_choice(p, "--device", DEVICES, default="auto")
-    _add_speed_options(p)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with its usage errors in one line like every other error of univid."""
-
-    def error(self, message: str) -> NoReturn:
-        if "required: prompt" in message:
-            message += " (a prompt that starts with '-' goes after '--')"
-        self.exit(2, f"univid: error: {message} (see '{self.prog} --help')\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="univid", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -551,41 +277,41 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="encode a folder or table of videos into a training cache (latents + text states)",
     )
-    _add_prepare_options(p)
+    add_prepare_options(p)
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("generate", help="generate a video from a prompt")
     p.add_argument("prompt")
     p.add_argument("--out", required=True, help="output: .gif, .mp4, .png (frame grid) or .npy")
     p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
-    _add_sampling_options(p)
-    p.add_argument("--seed", type=_number(limits.SEED), default=0)
+    add_sampling_options(p)
+    p.add_argument("--seed", type=number(limits.SEED), default=0)
     p.add_argument(
         "--num",
-        type=_number(limits.NUM_VIDEOS),
+        type=number(limits.NUM_VIDEOS),
         default=1,
         help="videos to make (seeds seed..seed+num-1)",
     )
     p.add_argument(
-        "--scale", type=_number(limits.SCALE), default=1, help="nearest-neighbour upscaling factor"
+        "--scale", type=number(limits.SCALE), default=1, help="nearest-neighbour upscaling factor"
     )
-    _add_given_options(p)
-    _add_choice(p, "--device", DEVICES, default="auto")
-    _add_speed_options(p)
+    add_given_options(p)
+    add_choice(p, "--device", DEVICES, default="auto")
+    add_speed_options(p)
     p.set_defaults(func=_generate)
 
     p = sub.add_parser("eval", help="judge every colour x shape x direction prompt")
-    _add_eval_options(p)
+    add_eval_options(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser(
         "bench", help="time, memory and MFU of train and sampling steps (JSON lines)"
     )
-    _add_bench_options(p)
+    add_bench_options(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("info", help="parameters and FLOPs of a model (counted, and closed form)")
-    _add_info_options(p)
+    add_info_options(p)
     p.set_defaults(func=_info)
 
     p = sub.add_parser(
@@ -595,13 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, help="folder for config.json + model.safetensors (or adapter.*)"
     )
-    _add_choice(p, "--dtype", DTYPES, default="float32")
+    add_choice(p, "--dtype", DTYPES, default="float32")
     p.add_argument(
         "--merge-lora",
         action="store_true",
         help="fold a LoRA adapter into the weights: MODEL's own (a fine-tuning run) or --lora's",
     )
-    _add_lora_options(p)
+    add_lora_options(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="serve a web page that generates videos (needs univid[demo])")
@@ -614,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a LoRA adapter folder the page offers; repeatable",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=_number(limits.PORT), default=7860, help="default: 7860")
-    _add_choice(p, "--device", DEVICES, default="auto")
+    p.add_argument("--port", type=number(limits.PORT), default=7860, help="default: 7860")
+    add_choice(p, "--device", DEVICES, default="auto")
     p.set_defaults(func=_demo)
     parser.commands = sub.choices  # type: ignore[attr-defined]  # name -> its parser
     return parser
