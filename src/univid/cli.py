@@ -1,5 +1,4 @@
-"""The command line: ``univid prepare | train | finetune | generate | eval | demo | bench | info |
-export``.
+"""The command line: univid prepare, train, finetune, generate, eval, demo, bench, info, export.
 
 It only parses and calls; the options themselves are in :mod:`univid.cli_options`.
 
