@@ -377,6 +377,12 @@ def test_random_tables_list_or_raise_one_line(
         if data not in (text.encode("utf-8"), text.encode("utf-8-sig")):
             event("listed, not checked")
             return  # other encodings that happen to decode as UTF-8: any listing will do
+        if kind == "csv" and quoting == csv.QUOTE_MINIMAL and "\r" not in newline:
+            if any("\r" in c for c in captions):
+                # The csv module quotes only the characters of its line terminator: it wrote a
+                # bare \r unquoted, which every CSV reader takes as the end of a row.
+                event("ambiguous CSV: a bare \\r left unquoted by the writer")
+                return
         event("listed and checked")
         # Written by the csv module or json.dumps, each caption comes back as clean_text makes it
         # (or with clean_text's reason); CSV rows with a bare \r\n inside a caption are one row.
