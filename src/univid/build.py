@@ -129,15 +129,7 @@ def export_model_dir(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder")
     cfg, model = load_model_dir(name_or_dir)
-    if merge is None and lora.has_adapter(model):  # a LoRA run: its adapter folder
-        state = {k: v.to(dtype) for k, v in lora.adapter_tensors(model.state_dict()).items()}
-        try:
-            lora.save_adapter(out, state, cfg)
-            text = cfg.to_json()
-            atomic_write(out / "config.json", lambda tmp: tmp.write_text(text, encoding="utf-8"))
-        except OSError as exc:
-            raise InputError(f"cannot write {exc.filename or out}: {exc.strerror}") from None
-        return out
+    adapter_only = merge is None and lora.has_adapter(model)  # a LoRA run: its adapter folder
     if merge is not None:
         folder, scale = merge
         if folder is not None:
@@ -146,11 +138,16 @@ def export_model_dir(
             raise InputError(f"{name_or_dir} has no LoRA adapter to merge: give --lora DIR")
         lora.set_scale(model, scale)
         lora.merge_adapter(model)
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    state = model.state_dict()
+    state = lora.adapter_tensors(state) if adapter_only else state
+    state = {k: v.detach().to(dtype).contiguous() for k, v in state.items()}
     try:
         with writing(out):
             out.mkdir(parents=True, exist_ok=True)
-            atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
+            if adapter_only:
+                lora.save_adapter(out, state, cfg)
+            else:
+                atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
             atomic_write(
                 out / "config.json", lambda tmp: tmp.write_text(cfg.to_json(), encoding="utf-8")
             )

@@ -128,29 +128,28 @@ def record_base(cfg: Config) -> Config:
     against the one it holds; unchanged when it trains from scratch."""
     if not cfg.lora.base:
         return cfg
-    _, model = base_model(cfg)
+    _, model = base_model(cfg)  # checks the hash it records, if it has one
     if has_adapter(model):
         raise InputError(
             f"{cfg.lora.base} is a LoRA fine-tuning run; merge it into a model folder first "
             f"(univid export {cfg.lora.base} --merge-lora --out DIR) and fine-tune that"
         )
+    if cfg.lora.base_sha256:
+        return cfg
     return replace(cfg, lora=replace(cfg.lora, base_sha256=weights_sha256(model)))
 
 
 def network(cfg: Config, meta: bool = False) -> nn.Module:
     """The network a run trains: freshly initialised, or its base's weights (``lora.base``) with
     a new adapter when ``lora.rank`` > 0. ``meta``: the structure only, on the meta device."""
-    if not cfg.lora.base:
-        if meta:
-            with torch.device("meta"):
-                return build_model(cfg.model)
-        return build_model(cfg.model)
     if meta:
         with torch.device("meta"):
             model = build_model(cfg.model)
-    else:
+    elif cfg.lora.base:
         model = base_model(cfg)[1].train()
-    if cfg.lora.rank:
+    else:
+        model = build_model(cfg.model)
+    if cfg.lora.base and cfg.lora.rank:
         modules = target_modules(cfg.model, cfg.lora.targets)
         inject(model, cfg.lora.rank, cfg.lora.alpha, modules)
     return model

@@ -27,7 +27,6 @@ from tqdm import tqdm
 
 from univid.config.sections import EVAL_MODES
 from univid.data.shapes import (
-    PROMPT_SETS,
     ShapeClip,
     all_prompts,
     canonical_prompt,
@@ -183,8 +182,6 @@ def run_eval(
         )
     if mode not in EVAL_MODES or (mode != "t2v" and size is None):
         raise ValueError(f"mode must be one of {EVAL_MODES} (all but t2v with a size), got {mode}")
-    if prompt_set not in PROMPT_SETS:
-        raise ValueError(f"prompt_set must be one of {PROMPT_SETS}, got {prompt_set!r}")
     items = _plan(num_seeds, seed_offset, prompt_set)
     conditions = _condition(items, mode, size) if mode != "t2v" else []
     given = [frames for _, frames in conditions]

@@ -271,15 +271,16 @@ def export_weights(run_dir: Path, info: Dist, module: nn.Module, config_json: st
     full = get_model_state_dict(
         module, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
     )
+    if not info.main:
+        return
     adapter = adapter_tensors(full)
-    if info.main and adapter:
+    if adapter:
         save_adapter(run_dir, adapter, config_from_dict(json.loads(config_json)))
-        atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
-    elif info.main:
+    else:
         state = {k: v.contiguous() for k, v in full.items()}
         with writing(run_dir / "model.safetensors"):
             atomic_write(run_dir / "model.safetensors", lambda p: save_file(state, p))
-        atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
+    atomic_write(run_dir / "config.json", lambda p: p.write_text(config_json, encoding="utf-8"))
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
