@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from univid.bench.measure import cpu_flags
+from univid.device import cpu_flags
 
 # The peak is this process's VmHWM: getrusage's ru_maxrss would carry the parent's size over.
 CHILD = """

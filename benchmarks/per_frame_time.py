@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from univid.bench.measure import cpu_flags
 from univid.build import build_model
 from univid.config import resolve_config
+from univid.device import cpu_flags
 
 
 def timed(fn, t: torch.Tensor) -> float:

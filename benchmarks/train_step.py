@@ -22,19 +22,8 @@ from pathlib import Path
 import torch
 
 from univid.config import resolve_config
+from univid.device import cpu_flags
 from univid.train.loop import Trainer
-
-
-def cpu_flags() -> list[str]:
-    """The matrix-unit flags of this CPU (bf16 speed depends on them)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if "flags" in line), []
-    )
-    return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f")))
 
 
 def main() -> None:

@@ -16,6 +16,11 @@ from univid.config import resolve_config
 settings.register_profile("ci", derandomize=True, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+# precision=auto picks bf16 on a CPU with bf16 matrix units (univid.device.bf16_units). The
+# suite runs as on a CPU without them, in this process and the ones it starts, so that its exact
+# comparisons hold on every host; the tests of the bf16 path set the flags they need.
+os.environ["UNIVID_CPU_FLAGS"] = "none"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

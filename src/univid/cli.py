@@ -100,6 +100,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> None:
+    from univid.device import precision_note
     from univid.given import read_given
     from univid.pipeline import check_prompt
     from univid.video import check_output_path, save_video
@@ -122,6 +123,7 @@ def _generate(args: argparse.Namespace) -> None:
         **_sampling(args),
         **given,
     )
+    print(f"univid: {precision_note(pipe.precision, pipe.device)}", file=sys.stderr)
     paths = [out] if args.num == 1 else [out.with_stem(f"{out.stem}-{k}") for k in range(args.num)]
     for video, path in zip(videos, paths):
         save_video(video, path, fps=pipe.config.data.fps, scale=args.scale)

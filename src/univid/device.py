@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from univid.errors import InputError
@@ -23,15 +26,56 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+CPU_FLAGS_ENV = "UNIVID_CPU_FLAGS"
+"""Stands in for the CPU's flags when set (space-separated; 'none' for no flags): to see what
+``precision=auto`` does on another machine, and for tests."""
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's matrix-unit and AVX-512 flags (bf16 speed depends on them; Linux only), or
+    those of $UNIVID_CPU_FLAGS."""
+    given = os.environ.get(CPU_FLAGS_ENV)
+    if given is not None:
+        line = given
+    else:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+        line = next((ln for ln in text.splitlines() if ln.startswith("flags")), ":")
+        line = line.split(":", 1)[1]
+    return sorted(f for f in line.split() if f.startswith(("amx", "avx512")))
+
+
+def bf16_units(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bf16 matrices faster than fp32 ones: CUDA with bf16, or a
+    CPU with bf16 matrix units (Intel AMX, flag ``amx_bf16``; there a bf16 matmul runs 5-9x the
+    fp32 rate, while without them bf16 is slower than fp32, see docs/performance.md)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and "amx_bf16" in cpu_flags()
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked for or where the device does it well ('auto' = CUDA with bf16)."""
+    """bf16 where asked for, or for 'auto' where the device has bf16 matrix units
+    (:func:`bf16_units`); None means fp32."""
     if precision not in PRECISIONS:
         raise InputError(f"precision '{precision}' is unknown: one of {', '.join(PRECISIONS)}")
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if precision == "bf16" or (precision == "auto" and bf16_units(device)):
         return torch.bfloat16
     return None
+
+
+def precision_note(precision: str, device: torch.device) -> str:
+    """One line saying which precision ``precision`` resolves to on ``device``, and why."""
+    dtype = autocast_dtype(precision, device)
+    name = "bf16 autocast" if dtype is not None else "fp32"
+    if precision != "auto":
+        return f"precision: {name} (asked for)"
+    if device.type == "cpu":
+        why = "has" if dtype is not None else "has no"
+        return f"precision: {name} (auto: this CPU {why} bf16 matrix units, amx_bf16)"
+    return f"precision: {name} (auto: {device.type})"
 
 
 def autocast(

@@ -109,7 +109,8 @@ def _fully_shard(model: nn.Module, cfg: Config, amp: torch.dtype | None) -> None
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     # Inputs keep their dtype (t and the RoPE angles need fp32); autocast picks compute dtypes.
-    policy = MixedPrecisionPolicy(cast_forward_inputs=False)
+    root = MixedPrecisionPolicy(cast_forward_inputs=False)
+    policy = root
     if amp is not None:  # bf16 all-gathers and compute, fp32 master weights and reductions
         policy = MixedPrecisionPolicy(
             param_dtype=amp, reduce_dtype=torch.float32, cast_forward_inputs=False
@@ -118,7 +119,9 @@ def _fully_shard(model: nn.Module, cfg: Config, amp: torch.dtype | None) -> None
         fully_shard(
             block, mp_policy=policy, reshard_after_forward=cfg.parallel.reshard_after_forward
         )
-    fully_shard(model, mp_policy=policy)
+    # The few weights outside the blocks stay fp32: the caption's LayerNorm sees fp32 inputs,
+    # and a CPU LayerNorm refuses a bf16 weight with them (autocast still runs the linears bf16).
+    fully_shard(model, mp_policy=root)
 
 
 def _sharded_copy(
@@ -129,7 +132,7 @@ def _sharded_copy(
 
     model = network(cfg, meta=True)
     if prepare:
-        prepare_blocks(model, cfg.train.activation_checkpointing, cfg.train.compile)
+        prepare_blocks(model, cfg.train.activation_checkpointing, cfg.train.compile, amp)
     _fully_shard(model, cfg, amp)
     model.to_empty(device=info.device)
     set_model_state_dict(
@@ -157,7 +160,7 @@ def parallelize(
         return model, ema.requires_grad_(False).eval()
     model = network(cfg).to(info.device)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
-    prepare_blocks(model, t.activation_checkpointing, t.compile)
+    prepare_blocks(model, t.activation_checkpointing, t.compile, amp)
     if info.mode == "ddp":
         ids = [info.device.index] if info.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=ids)

@@ -30,6 +30,7 @@ from torch import nn
 
 from univid import speed
 from univid.bench.steps import Runner, Shape, make_inputs, step_fn
+from univid.device import cpu_flags
 from univid.errors import InputError
 from univid.info import flops_of
 from univid.parallel import local
@@ -97,16 +98,6 @@ def device_peak(device: torch.device, dtype: torch.dtype, n: int = 4096) -> tupl
     b = torch.randn(n, n, device=device, dtype=dtype)
     best = min(timed(lambda: a @ b, repeats=6, warmup=0, device=device))
     return 2 * n**3 / best, f"measured ({n}x{n} matmul, best of 6)"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's matrix-unit and AVX-512 flags (bf16 speed depends on them; Linux only)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), ":")
-    return sorted(f for f in line.split(":", 1)[1].split() if f.startswith(("amx", "avx512")))
 
 
 def host() -> dict:

@@ -109,6 +109,15 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` whose weight takes the input's dtype, so bf16 activations under autocast
+    run the fused kernel (a fp32 weight with a bf16 input falls back to unfused ops)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
 class SwiGLU(nn.Module):
     """silu(x W1) * (x W3) -> W2, the gated MLP of LLaMA and Flux."""
 
@@ -142,7 +151,7 @@ class DiTBlock(nn.Module):
         self.heads, self.head_dim = heads, width // heads
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(width, 3 * width)
-        norm = (lambda: nn.RMSNorm(self.head_dim, eps=1e-6)) if qk_norm else nn.Identity
+        norm = (lambda: RMSNorm(self.head_dim, eps=1e-6)) if qk_norm else nn.Identity
         self.q_norm, self.k_norm = norm(), norm()
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)

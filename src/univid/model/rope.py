@@ -57,9 +57,9 @@ def apply_rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> to
     """Rotate channel pairs (2i, 2i+1) of x (..., N, head_dim) by the angles of ``tables``.
 
     (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin), written as x * cos + swap(x) * sin so
-    that it is three passes over x (swap, multiply, fused multiply-add) in fp32.
+    that it is three passes over x (swap, multiply, fused multiply-add), in x's dtype: fp32, or
+    bf16 under autocast, where casting x to fp32 and back cost more than the rotation.
     """
-    cos, sin = tables
-    xf = x.float()
-    swapped = xf.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
-    return torch.addcmul(xf * cos, swapped, sin).to(x.dtype)
+    cos, sin = (table.to(x.dtype) for table in tables)
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+    return torch.addcmul(x * cos, swapped, sin)

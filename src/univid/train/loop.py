@@ -10,6 +10,7 @@ until the loop's next host event (a metrics row, checkpoint, sample or validatio
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from univid import memory
 from univid.config import Config
 from univid.data.cache import CacheDataset
-from univid.device import autocast, autocast_dtype
+from univid.device import autocast, autocast_dtype, cpu_flags, precision_note
 from univid.errors import ConfigError, InputError, UnividError
 from univid.flow import flow_loss_per_sample
 from univid.lora import record_base
@@ -45,6 +46,7 @@ from univid.train.previews import Previews
 __all__ = ["Trainer", "lr_factor"]
 
 EXTRAS_LOG = "extras.log"  # validation or samples that failed and were skipped
+SESSIONS_LOG = "sessions.jsonl"  # one line per start or resume: where and in which precision
 
 
 class Trainer:
@@ -258,8 +260,20 @@ class Trainer:
         """Train to the configured number of steps; returns the last metrics row."""
         t, d = self.cfg.train, self.dist
         logger = start_run(self.run_dir, self.cfg.to_json(), self.step) if d.main else None
+        note = precision_note(t.precision, self.device)
         if self.progress:
-            print(f"univid: {self.plan.describe()}", file=sys.stderr)
+            print(f"univid: {self.plan.describe()}; {note}", file=sys.stderr)
+        if d.main:
+            session = {
+                "step": self.step,
+                "precision": "bf16" if self.amp is not None else "fp32",
+                "note": note,
+                "device": self.device.type,
+                "world": d.world,
+                "cpu_flags": cpu_flags() if self.device.type == "cpu" else [],
+                "torch": torch.__version__,
+            }
+            append_log(self.run_dir, SESSIONS_LOG, [json.dumps(session)])
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress)
         handled, row = self.step, {}
         try:

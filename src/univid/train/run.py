@@ -40,6 +40,7 @@ EARLY_FILES = frozenset(
         "skipped.log",
         "anomalies.log",
         "extras.log",
+        "sessions.jsonl",
     }
 )
 
