@@ -147,3 +147,25 @@ def _bench_parser():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     return sub.choices["bench"]
+
+
+def test_vs_diffusers_runs_both_precisions_where_bf16_is_fast(tmp_path, monkeypatch):
+    """On a CPU with bf16 matrix units (mocked) `--vs diffusers` times both models in fp32 and
+    bf16 and the report puts each at its fastest setting; without them, fp32 only."""
+    for flags, precisions in (("amx_bf16 amx_tile", {"fp32", "bf16"}), ("none", {"fp32"})):
+        monkeypatch.setenv("UNIVID_CPU_FLAGS", flags)
+        jsonl, report = tmp_path / f"{flags[:4]}.jsonl", tmp_path / f"{flags[:4]}.md"
+        args = ["bench", "--size", "tiny", *SHAPE, "--repeats", "1", "--warmup", "1"]
+        args += ["--suites", "steps", "--vs", "diffusers", "--device", "cpu"]
+        assert main([*args, "--jsonl", str(jsonl), "--report", str(report)]) == 0
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+        versus = [r for r in rows if r["bench"] == "vs_diffusers"]
+        assert {(r["step"], r["precision"]) for r in versus} == {
+            (step, p) for step in ("train", "sample") for p in precisions
+        }
+        steps = [r for r in rows if r["bench"] in ("train_step", "sample_step") and "vs" not in r]
+        assert {r["precision"] for r in steps} == {"bf16" if "bf16" in precisions else "fp32"}
+        text = report.read_text()  # with more than one setting, each model at its fastest
+        for step in ("train", "sample"):
+            line = f"- {step}, each at its fastest setting: univid eager"
+            assert (line in text) is (len(precisions) == 2)

@@ -134,6 +134,20 @@ def test_two_ranks_follow_the_one_process_loss_curve(runs, mode):
     assert len(list(state.glob("*.safetensors"))) == 2  # one shard file per rank
 
 
+@pytest.mark.slow
+def test_two_rank_fsdp_trains_in_bf16_on_the_cpu(tmp_path):
+    """FSDP's bf16 policy (bf16 all-gathers, fp32 reductions) on CPU ranks follows a one-process
+    bf16 autocast run: the same bf16 weights in the same matmuls. (It crashed at the first step
+    before the root's weights were kept fp32.)"""
+    bf16 = [*COMMON, "train.precision=bf16"]
+    train(resolve_config("tiny", [*bf16, "train.batch_size=4"]), tmp_path / "one", progress=False)
+    worker(tmp_path / "fsdp", *bf16, "train.batch_size=2", "parallel.mode=fsdp")
+    one, two = curve(tmp_path / "one"), curve(tmp_path / "fsdp")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == list(range(1, 7))
+    for a, b in zip(one, two):
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-4), (a, b)  # measured: 3e-6
+
+
 def cut_at_step_3(run: Path, to: Path) -> Path:
     shutil.copytree(run, to)
     shutil.rmtree(to / "checkpoints" / "step_00000006")

@@ -42,8 +42,9 @@ class Pipeline:
 
     Speed settings, attributes that may be changed between calls: ``attention`` (an
     SDPA kernel name or 'naive', see :func:`univid.speed.attention`) and ``precision`` ('auto'
-    = bf16 autocast on CUDA, 'fp32' or 'bf16'). ``from_pretrained`` can also compile the blocks
-    and quantise the weights.
+    = bf16 autocast on CUDA and on CPUs with bf16 matrix units, see
+    :func:`univid.device.bf16_units`; 'fp32' or 'bf16'). ``from_pretrained`` can also compile
+    the blocks and quantise the weights.
     """
 
     attention: str = "auto"

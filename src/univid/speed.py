@@ -85,12 +85,34 @@ def swap_attention(model: nn.Module, kind: type[nn.Module]) -> int:
 
 
 @contextlib.contextmanager
+def _swapped(
+    model: nn.Module, kind: type[nn.Module], only: tuple[type[nn.Module], ...]
+) -> Iterator[int]:
+    """``kind()`` in place of the attention modules of the types ``only`` inside the ``with``
+    block (yields how many), the original modules after it."""
+    originals = [
+        (parent, name, child)
+        for parent in list(model.modules())
+        for name, child in list(parent.named_children())
+        if isinstance(child, only)
+    ]
+    for parent, name, _ in originals:
+        setattr(parent, name, kind())
+    try:
+        yield len(originals)
+    finally:
+        for parent, name, child in originals:
+            setattr(parent, name, child)
+
+
+@contextlib.contextmanager
 def attention(model: nn.Module, backend: str = "auto") -> Iterator[None]:
     """Run ``model`` with one attention implementation inside the ``with`` block.
 
     flash / efficient / cudnn / math restrict ``F.scaled_dot_product_attention`` to that kernel
-    (an input the kernel cannot take is an error, not a silent fallback); 'naive' swaps the DiT
-    blocks' attention modules for :class:`NaiveAttention`, the reference path.
+    (an input the kernel cannot take is an error, not a silent fallback; bf16 CPU training's
+    :class:`MatmulAttention` steps aside); 'naive' swaps the DiT blocks' attention modules for
+    :class:`NaiveAttention`, the reference path. The model's own modules are back afterwards.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -98,12 +120,10 @@ def attention(model: nn.Module, backend: str = "auto") -> Iterator[None]:
         known = ", ".join(ATTENTION_BACKENDS)
         raise InputError(f"attention '{backend}' is unknown: one of {known}")
     if backend == "naive":
-        if not swap_attention(model, NaiveAttention):
-            raise InputError("naive attention is only available for the dit backbone")
-        try:
+        with _swapped(model, NaiveAttention, (Attention, NaiveAttention)) as swapped:
+            if not swapped:
+                raise InputError("naive attention is only available for the dit backbone")
             yield
-        finally:
-            swap_attention(model, Attention)
         return
     kernels = {
         "flash": SDPBackend.FLASH_ATTENTION,
@@ -111,7 +131,10 @@ def attention(model: nn.Module, backend: str = "auto") -> Iterator[None]:
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "math": SDPBackend.MATH,
     }
-    with sdpa_kernel(kernels[backend]) if backend in kernels else contextlib.nullcontext():
+    if backend not in kernels:
+        yield
+        return
+    with _swapped(model, Attention, (MatmulAttention,)), sdpa_kernel(kernels[backend]):
         yield
 
 

@@ -18,6 +18,7 @@ from univid.build import build_model
 from univid.config import Config
 from univid.device import autocast
 from univid.flow import flow_loss, logit_normal
+from univid.speed import MatmulAttention, swap_attention
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepFn = Callable[..., tuple[Callable[[], object], torch.optim.Optimizer | None]]
@@ -56,8 +57,11 @@ class Runner:
 
 
 def univid_runner(cfg: Config, device: torch.device) -> Runner:
-    """univid's model of ``cfg``, perturbed so that no path is zero."""
+    """univid's model of ``cfg``, perturbed so that no path is zero, with the attention
+    training uses (:class:`univid.speed.MatmulAttention`: SDPA except bf16 CPU training of
+    short sequences)."""
     model = build_model(cfg.model).to(device)
+    swap_attention(model, MatmulAttention)
     perturb(model)
     return Runner("univid", model, lambda x, t, text: model(x, t, text, None))
 

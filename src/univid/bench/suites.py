@@ -15,6 +15,7 @@ from univid.bench.settings import BenchSettings
 from univid.bench.steps import Runner, Shape, univid_runner
 from univid.bench.versus import vs_diffusers
 from univid.config import Config, resolve_config
+from univid.device import autocast_dtype
 from univid.errors import InputError
 
 SWEEP_TOKENS = (256, 512, 1024, 2048, 4096, 8192, 16384)
@@ -53,7 +54,7 @@ def run_suite(bench: Bench, cfg: Config, shape: Shape, suites: set[str]) -> None
         )
     runner = univid_runner(cfg, device)
     runner.settings = {"compiled": False}
-    amp_best = torch.bfloat16 if device.type == "cuda" else None
+    amp_best = autocast_dtype("auto", device)  # what training and sampling use by default
     if "steps" in suites:
         for kind in KINDS:
             bench.measure(kind, runner, shape, amp=amp_best)

@@ -12,6 +12,7 @@ from univid import speed
 from univid.bench.measure import Bench, alternate
 from univid.bench.steps import Runner, Shape, make_inputs, perturb, step_fn, univid_runner
 from univid.config import Config
+from univid.device import bf16_units
 from univid.errors import InputError
 
 
@@ -60,9 +61,13 @@ def diffusers_runner(cfg: Config, shape: Shape, device: torch.device) -> Runner:
 
 
 def vs_diffusers(bench: Bench, cfg: Config, shape: Shape, vs_compile: bool) -> None:
-    """univid and diffusers' CogVideoX transformer at the same size, eager (and compiled)."""
+    """univid and diffusers' CogVideoX transformer at the same size, eager (and compiled), in
+    fp32 and, where the device has bf16 matrix units, in bf16 autocast too (on CUDA bf16 only):
+    each side's best setting is then the fastest of its rows."""
     device = bench.device
-    amp = torch.bfloat16 if device.type == "cuda" else None
+    amps = [torch.bfloat16] if device.type == "cuda" else [None]
+    if device.type == "cpu" and bf16_units(device):
+        amps.append(torch.bfloat16)
     ours, theirs = univid_runner(cfg, device), diffusers_runner(cfg, shape, device)
     params = {r.name: sum(p.numel() for p in r.model.parameters()) for r in (ours, theirs)}
     bench.emit({"bench": "vs_diffusers_models", "params": params, "tokens": shape.tokens})
@@ -73,20 +78,34 @@ def vs_diffusers(bench: Bench, cfg: Config, shape: Shape, vs_compile: bool) -> N
             speed.use_compile_cache()
             for block in theirs.model.transformer_blocks:
                 block.compile()
-        for kind in ("train", "sample"):
-            rows = {}
-            for runner in (ours, theirs):  # memory, FLOPs and a first timing, one at a time
-                runner.settings = {"compiled": compile_blocks, "vs": "diffusers"}
-                rows[runner.name] = bench.measure(kind, runner, shape, amp=amp, repeats=1)
-            inputs = make_inputs(shape, device)
-            steps = {r.name: step_fn(kind)(r, inputs, device, amp)[0] for r in (ours, theirs)}
-            for step in steps.values():  # optimizer state allocated, caches warm
-                step()
-            times = alternate(steps, bench.repeats, device)
-            row = {"bench": "vs_diffusers", "step": kind, "variant": label}
-            row |= {"precision": "bf16" if amp else "fp32", "tokens": shape.tokens}
-            row |= {"batch": shape.batch, "repeats": bench.repeats}
-            bench.emit({**row, **_ratios(times, rows)})
+        for amp in amps:
+            for kind in ("train", "sample"):
+                _versus(bench, (ours, theirs), shape, kind, amp, label)
+
+
+def _versus(
+    bench: Bench,
+    runners: tuple[Runner, Runner],
+    shape: Shape,
+    kind: str,
+    amp: torch.dtype | None,
+    label: str,
+) -> None:
+    """One row: both models' ``kind`` step in one setting, timed alternately."""
+    device, compiled = bench.device, label == "compiled"
+    rows = {}
+    for runner in runners:  # memory, FLOPs and a first timing, one at a time
+        runner.settings = {"compiled": compiled, "vs": "diffusers"}
+        rows[runner.name] = bench.measure(kind, runner, shape, amp=amp, repeats=1)
+    inputs = make_inputs(shape, device)
+    steps = {r.name: step_fn(kind)(r, inputs, device, amp)[0] for r in runners}
+    for step in steps.values():  # optimizer state allocated, caches warm
+        step()
+    times = alternate(steps, bench.repeats, device)
+    row = {"bench": "vs_diffusers", "step": kind, "variant": label}
+    row |= {"precision": "bf16" if amp else "fp32", "tokens": shape.tokens}
+    row |= {"batch": shape.batch, "repeats": bench.repeats}
+    bench.emit({**row, **_ratios(times, rows)})
 
 
 def _ratios(times: dict[str, list[float]], rows: dict[str, dict]) -> dict:
