@@ -25,7 +25,7 @@ from univid import speed
 from univid.config import resolve_config
 from univid.device import cpu_flags
 from univid.model.dit import Attention
-from univid.speed import MatmulAttention
+from univid.speed import MatmulAttention, swap_attention
 
 # (batch, heads, tokens, head_dim): the bundled model's training step, then longer sequences.
 ATTENTION_SHAPES = [(32, 6, 142, 32), (16, 6, 270, 32), (8, 6, 528, 64), (2, 6, 1056, 64)]
@@ -35,6 +35,7 @@ VARIANTS = {
     "bf16": ["train.precision=bf16"],
     "bf16-compiled": ["train.precision=bf16", "train.compile=true"],
     "fp32-compiled": ["train.precision=fp32", "train.compile=true"],
+    "bf16-fused-attention": ["train.precision=bf16"],  # as before MatmulAttention
 }
 
 
@@ -98,6 +99,8 @@ def train(preset: str, variants: list[str], repeats: int, block: int) -> None:
             )
             for name in variants
         }
+        if "bf16-fused-attention" in trainers:
+            swap_attention(trainers["bf16-fused-attention"].net.blocks, Attention)
         times: dict[str, list[float]] = {name: [] for name in variants}
         for rep in range(repeats + 2):
             for name, trainer in trainers.items():

@@ -1,14 +1,14 @@
 """Text-to-video accuracy against training wall time: the road to a good model, measured.
 
     python benchmarks/time_to_target.py [--preset shapes-tiny] [--every 1000] [--seeds 1] \
-        [--out docs/time_to_target.jsonl] [key=value ...]
+        [--out docs/time_to_target.jsonl] [--keep DIR] [key=value ...]
     python benchmarks/time_to_target.py --plot docs/time_to_target.jsonl docs/time_to_target.png
 
 Trains ``--preset`` (with the overrides) as ``univid train`` does, step by step with its
 checkpoints, and every ``--every`` steps judges the EMA weights in text-to-video mode on held-out
 seeds (the eval's default offset, never used in training). One JSON line per point: steps, the
 training wall time so far (the judging is not counted), the all-correct count of the videos
-judged with its Wilson interval, the loss. The target of the performance issue is all-correct >= 95 %.
+judged with its Wilson interval, the loss. The performance issue's target: all correct >= 95 %.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -80,7 +81,13 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1000, help="steps between judgements")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt when judging")
     parser.add_argument("--eval-precision", default="fp32", help="precision of the judging")
+    parser.add_argument(
+        "--stop-at", type=int, default=0, help="stop after this many steps (the schedule stays)"
+    )
     parser.add_argument("--out", type=Path, help="also append the lines to this file")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the judged EMA weights here, one model folder per point"
+    )
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.plot:
@@ -105,25 +112,34 @@ def main() -> None:
                 "overrides": args.overrides,
                 "precision": "bf16" if trainer.amp is not None else "fp32",
                 "steps": t.steps,
+                "stop_at": args.stop_at or t.steps,
                 "cpu_flags": cpu_flags(),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
             }
         )
         wall, losses = 0.0, []
-        while trainer.step < t.steps:
+        last = min(args.stop_at or t.steps, t.steps)
+        while trainer.step < last:
             start = time.perf_counter()
-            for _ in range(min(args.every, t.steps - trainer.step)):
+            for _ in range(min(args.every, last - trainer.step)):
                 trainer.update()
                 if trainer.step % t.log_every == 0:
                     trainer.settle()
                     losses.append(trainer.metrics_row()["loss"])
-                if trainer.step % t.ckpt_every == 0:
+                if t.ckpt_every and trainer.step % t.ckpt_every == 0:
                     trainer.settle()
                     trainer.save()
             trainer.settle()
             wall += time.perf_counter() - start
             start = time.perf_counter()
+            if args.keep:  # the EMA as `univid eval --model` reads it
+                if not t.ckpt_every or trainer.step % t.ckpt_every:  # writes model.safetensors
+                    trainer.save()
+                kept = args.keep / f"step_{trainer.step:08d}"
+                kept.mkdir(parents=True, exist_ok=True)
+                for name in ("config.json", "model.safetensors"):
+                    shutil.copy(Path(folder) / name, kept / name)
             report = judge(trainer, args.seeds, args.eval_precision)
             emit(
                 {

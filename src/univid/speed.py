@@ -44,8 +44,8 @@ class NaiveAttention(nn.Module):
 
 
 # Longest sequence for which bf16 CPU training takes :class:`MatmulAttention`. Forward + backward
-# on 2 cores with AMX (benchmarks/cpu_bf16.py --attention): 2.4x faster than the flash kernel
-# at 142 tokens, 1.3-1.4x at 270-528, equal at 1,056 and 2,080, where flash keeps memory linear.
+# on 2 cores with AMX (benchmarks/cpu_bf16.py --attention, docs/cpu_bf16.jsonl): 2.2x faster than
+# the flash kernel at 142 tokens, 1.4x at 270-528, equal at 1,056, 0.64x at 2,080.
 MATMUL_ATTENTION_MAX_TOKENS = 1024
 
 
@@ -54,7 +54,7 @@ class MatmulAttention(Attention):
     :data:`MATMUL_ATTENTION_MAX_TOKENS`, ``F.scaled_dot_product_attention`` otherwise.
 
     PyTorch's CPU flash kernel is fast forward but its bf16 backward is not: at the bundled
-    model's size it takes 2.4x the time of backpropagating through the plain product, whose
+    model's size it takes 2.2x the time of backpropagating through the plain product, whose
     matmuls run on the matrix units. Outside training (no grad), on other devices or in fp32
     this is :class:`univid.model.dit.Attention` exactly.
     """
