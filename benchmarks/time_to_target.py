@@ -59,8 +59,10 @@ def plot(lines: Path, picture: Path) -> None:
         acc = [100 * p["all_correct"] / p["videos"] for p in points]
         low = [100 * p["wilson95"][0] for p in points]
         high = [100 * p["wilson95"][1] for p in points]
-        extra = " ".join(head["overrides"])
-        label = f"{head['preset']} {extra}, {head['precision']}".replace("  ", " ")
+        extra = [o for o in head["overrides"] if not o.startswith("train.precision=")]
+        label = ", ".join([head["preset"], *extra, f"{head['precision']} training"])
+        if head.get("stop_at", head["steps"]) < head["steps"]:
+            label += f" (stopped at {head['stop_at']:,} of {head['steps']:,} steps)"
         ax.plot(minutes, acc, marker="o", label=label)
         ax.fill_between(minutes, low, high, alpha=0.15)
     ax.axhline(95, color="grey", linestyle="--", linewidth=1, label="target 95 %")

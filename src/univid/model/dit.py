@@ -111,7 +111,8 @@ class Attention(nn.Module):
 
 class RMSNorm(nn.RMSNorm):
     """``nn.RMSNorm`` whose weight takes the input's dtype, so bf16 activations under autocast
-    run the fused kernel (a fp32 weight with a bf16 input falls back to unfused ops)."""
+    take the fused path (a fp32 weight with a bf16 input falls back to separate ops, with a
+    warning; in fp32 this is ``nn.RMSNorm`` exactly)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else self.weight.to(x.dtype)
