@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from univid.config import resolve_config
-from univid.device import autocast_dtype, cpu_flags
+from univid.device import autocast_dtype, cpu_flags, precision_name
 from univid.eval.run import evaluate
 from univid.pipeline import Pipeline
 from univid.train.loop import Trainer
@@ -112,7 +112,7 @@ def main() -> None:
                 "bench": "time_to_target",
                 "preset": args.preset,
                 "overrides": args.overrides,
-                "precision": "bf16" if trainer.amp is not None else "fp32",
+                "precision": precision_name(trainer.amp),
                 "steps": t.steps,
                 "stop_at": args.stop_at or t.steps,
                 "cpu_flags": cpu_flags(),
@@ -153,9 +153,9 @@ def main() -> None:
                     "loss": sum(losses[-4:]) / max(len(losses[-4:]), 1),
                     "videos": len(report["items"]),
                     "judge_s": round(time.perf_counter() - start, 1),
-                    "eval_precision": "bf16"
-                    if autocast_dtype(args.eval_precision, trainer.device)
-                    else "fp32",
+                    "eval_precision": precision_name(
+                        autocast_dtype(args.eval_precision, trainer.device)
+                    ),
                 }
             )
         trainer.close()

@@ -66,6 +66,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def precision_name(dtype: torch.dtype | None) -> str:
+    """'bf16' or 'fp32': the name of an autocast dtype of :func:`autocast_dtype`, as run folders,
+    reports and bench rows record it."""
+    return "fp32" if dtype is None else "bf16"
+
+
 def precision_note(precision: str, device: torch.device) -> str:
     """One line saying which precision ``precision`` resolves to on ``device``, and why."""
     dtype = autocast_dtype(precision, device)

@@ -72,16 +72,28 @@ class MatmulAttention(Attention):
             return scores.softmax(dim=-1) @ v
 
 
+def _replace_attention(
+    model: nn.Module,
+    kind: type[nn.Module],
+    only: tuple[type[nn.Module], ...] = (Attention, NaiveAttention),
+) -> list[tuple[nn.Module, str, nn.Module]]:
+    """Put a new ``kind()`` in place of every attention module of the types ``only`` (through
+    any wrapper around them); returns (parent, name, replaced module) of each."""
+    replaced = [
+        (parent, name, child)
+        for parent in list(model.modules())
+        for name, child in list(parent.named_children())
+        if isinstance(child, only)
+    ]
+    for parent, name, _ in replaced:
+        setattr(parent, name, kind())
+    return replaced
+
+
 def swap_attention(model: nn.Module, kind: type[nn.Module]) -> int:
     """Put a new ``kind()`` in place of every attention module of the DiT blocks (through any
     wrapper around them); returns how many were swapped."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, (Attention, NaiveAttention)):
-                setattr(parent, name, kind())
-                swapped += 1
-    return swapped
+    return len(_replace_attention(model, kind))
 
 
 @contextlib.contextmanager
@@ -90,18 +102,11 @@ def _swapped(
 ) -> Iterator[int]:
     """``kind()`` in place of the attention modules of the types ``only`` inside the ``with``
     block (yields how many), the original modules after it."""
-    originals = [
-        (parent, name, child)
-        for parent in list(model.modules())
-        for name, child in list(parent.named_children())
-        if isinstance(child, only)
-    ]
-    for parent, name, _ in originals:
-        setattr(parent, name, kind())
+    replaced = _replace_attention(model, kind, only)
     try:
-        yield len(originals)
+        yield len(replaced)
     finally:
-        for parent, name, child in originals:
+        for parent, name, child in replaced:
             setattr(parent, name, child)
 
 

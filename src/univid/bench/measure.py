@@ -30,7 +30,7 @@ from torch import nn
 
 from univid import speed
 from univid.bench.steps import Runner, Shape, make_inputs, step_fn
-from univid.device import cpu_flags
+from univid.device import cpu_flags, precision_name
 from univid.errors import InputError
 from univid.info import flops_of
 from univid.parallel import local
@@ -250,7 +250,7 @@ class Bench:
             "model": runner.name,
             **runner.settings,
             "attention": backend,
-            "precision": "bf16" if amp else "fp32",
+            "precision": precision_name(amp),
             "batch": shape.batch,
             "tokens": shape.tokens,
             "video_tokens": shape.video_tokens,

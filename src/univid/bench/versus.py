@@ -12,7 +12,7 @@ from univid import speed
 from univid.bench.measure import Bench, alternate
 from univid.bench.steps import Runner, Shape, make_inputs, perturb, step_fn, univid_runner
 from univid.config import Config
-from univid.device import bf16_units
+from univid.device import bf16_units, precision_name
 from univid.errors import InputError
 
 
@@ -103,7 +103,7 @@ def _versus(
         step()
     times = alternate(steps, bench.repeats, device)
     row = {"bench": "vs_diffusers", "step": kind, "variant": label}
-    row |= {"precision": "bf16" if amp else "fp32", "tokens": shape.tokens}
+    row |= {"precision": precision_name(amp), "tokens": shape.tokens}
     row |= {"batch": shape.batch, "repeats": bench.repeats}
     bench.emit({**row, **_ratios(times, rows)})
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from univid.device import autocast_dtype
+from univid.device import autocast_dtype, precision_name
 from univid.eval.report import EVAL_SEED_OFFSET, run_eval
 from univid.eval.validation import ValidationSet
 from univid.flow import nfe
@@ -81,7 +81,7 @@ def evaluate(
         "shift": flow.shift if shift is None else shift,
         "step_cache": flow.step_cache if step_cache is None else step_cache,
         "nfe": nfe(solver_used, steps_used),
-        "precision": "bf16" if autocast_dtype(pipe.precision, pipe.device) else "fp32",
+        "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
         "forwards_per_batch": sum(forwards) / len(forwards),
         "sampling_seconds": round(seconds, 2),
     }

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from univid import memory
 from univid.config import Config
 from univid.data.cache import CacheDataset
-from univid.device import autocast, autocast_dtype, cpu_flags, precision_note
+from univid.device import autocast, autocast_dtype, cpu_flags, precision_name, precision_note
 from univid.errors import ConfigError, InputError, UnividError
 from univid.flow import flow_loss_per_sample
 from univid.lora import record_base
@@ -266,7 +266,7 @@ class Trainer:
         if d.main:
             session = {
                 "step": self.step,
-                "precision": "bf16" if self.amp is not None else "fp32",
+                "precision": precision_name(self.amp),
                 "note": note,
                 "device": self.device.type,
                 "world": d.world,
