@@ -15,7 +15,11 @@ from univid.files import atomic_write, writing
 from univid.model import DiTStream, EncoderStream
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED = ("shapes-tiny",)
+BUNDLED = ("shapes-tiny", "shapes-tiny-fast")
+DEFAULT_MODEL = BUNDLED[0]
+# The bundled few-step student of a bundled teacher (``univid distill``): what `univid generate`
+# uses when asked for few steps and no model.
+FEW_STEP_STUDENT = {"shapes-tiny": "shapes-tiny-fast"}
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
@@ -34,7 +38,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.backbone == "encoder":
         return EncoderStream(**common, time_mode=cfg.time_mode)
     if cfg.backbone == "dit":
-        return DiTStream(**common, adaln=cfg.adaln, mlp=cfg.mlp, qk_norm=cfg.qk_norm)
+        return DiTStream(
+            **common,
+            adaln=cfg.adaln,
+            mlp=cfg.mlp,
+            qk_norm=cfg.qk_norm,
+            step_input=cfg.step_input,
+        )
     raise InputError(f"unknown backbone '{cfg.backbone}'")
 
 

@@ -48,6 +48,10 @@ class ModelConfig:
     """dit: feed-forward block, 'gelu' or 'swiglu' (same parameter count)."""
     qk_norm: bool = True
     """dit: RMS-normalise queries and keys per head before RoPE."""
+    step_input: bool = False
+    """dit: also condition on the sampler's step size (few-step students of ``univid distill``
+    with ``distill.method=average``); its embedding starts at zero, so a model that gains it
+    starts exactly as the model it came from."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -226,6 +230,36 @@ class LoraConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """Few-step distillation (``univid distill TEACHER``): a student that starts from its teacher
+    (``lora.base``, every weight trained) and learns from the teacher's own sampling paths."""
+
+    method: str = ""
+    """'' (not a distillation run), 'average' (the average velocity over each of the student's
+    steps, measured on the teacher's paths; the student also sees its step size) or 'reflow'
+    (straight lines from each noise to the teacher's video from it)."""
+    guidance: float = 4.0
+    """Classifier-free guidance of the teacher's paths; the student has it built in and samples
+    with guidance 1 (one forward per step)."""
+    teacher_steps: int = 24
+    """Euler steps of the teacher along each path; a multiple of distill.max_steps."""
+    max_steps: int = 4
+    """The student's most steps, a power of two: it learns 1, 2, 4, ... up to it; the teacher's
+    path is kept at each of its max_steps step ends."""
+    paths: int = 4096
+    """Teacher paths made before training (noise, conditioning and the states at the student's
+    step ends); made once, in shards, and kept in the run folder."""
+    paths_from: str = ""
+    """A folder of teacher paths another run made with the same teacher and settings (its
+    ``teacher_paths``), used instead of making them again; '' makes the run's own."""
+
+    @property
+    def step_counts(self) -> tuple[int, ...]:
+        """The step counts the student learns: 1, 2, 4, ... up to ``max_steps``."""
+        return tuple(2**k for k in range(self.max_steps.bit_length()))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Everything needed to rebuild a run."""
 
@@ -236,6 +270,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -255,6 +290,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "parallel": ParallelConfig,
     "lora": LoraConfig,
+    "distill": DistillConfig,
 }
 
 # The conditioning modes: what a training sample's frames are given, and what `univid eval
@@ -279,6 +315,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "parallel.mode": ("none", "ddp", "fsdp"),
     "parallel.backend": ("auto", "gloo", "nccl"),
     "lora.targets": ("attention+mlp", "attention", "mlp"),
+    "distill.method": ("", "average", "reflow"),
 }
 
 
@@ -367,6 +404,10 @@ RANGES: dict[str, Range] = {
     "parallel.timeout_s": Range(1, 10**8),  # about three years; fits a timedelta
     "lora.rank": Range(0, 65_536),
     "lora.alpha": Range(0, 1e6, real=True),
+    "distill.guidance": Range(0, 1_000, real=True),
+    "distill.teacher_steps": Range(1, 10_000),
+    "distill.max_steps": Range(1, 1_024),
+    "distill.paths": Range(1, 10**8),
 }
 
 
@@ -395,6 +436,36 @@ def mix(cfg: Config) -> dict[str, float]:
     return {mode: w / total for mode, w in weights.items()}
 
 
+def _check_distill(cfg: Config) -> None:
+    s, m = cfg.distill, cfg.model
+    _check(
+        s.max_steps & (s.max_steps - 1) == 0,
+        "distill.max_steps",
+        "a power of two (the student learns 1, 2, 4, ... steps up to it)",
+        s.max_steps,
+    )
+    _check(
+        s.teacher_steps % s.max_steps == 0,
+        "distill.teacher_steps",
+        f"a multiple of distill.max_steps={s.max_steps} (the paths are kept at its step ends)",
+        s.teacher_steps,
+    )
+    if s.method:
+        _check(
+            bool(cfg.lora.base) and cfg.lora.rank == 0,
+            "distill.method",
+            "a student starts from its teacher: lora.base=TEACHER with lora.rank=0 (univid "
+            "distill sets both)",
+            s.method,
+        )
+        _check(
+            m.step_input == (s.method == "average"),
+            "model.step_input",
+            "true exactly when distill.method=average (univid distill sets it)",
+            m.step_input,
+        )
+
+
 def _check_shapes(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
     weights = [getattr(cfg.flow, f"mix_{mode}") for mode in MODES]
@@ -406,6 +477,13 @@ def _check_shapes(cfg: Config) -> None:
         m.time_mode,
     )
     _check(len(m.patch) == 3, "model.patch", "three sizes", m.patch)
+    _check(
+        not (m.step_input and m.backbone != "dit"),
+        "model.step_input",
+        "needs the dit backbone",
+        m.step_input,
+    )
+    _check_distill(cfg)
     _check(
         m.mlp_ratio * m.width >= 2,
         "model.mlp_ratio",

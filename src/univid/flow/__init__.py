@@ -1,10 +1,17 @@
 """Rectified flow: straight paths, velocity regression, ODE sampling. Imports only torch."""
 
-from univid.flow.path import expand_time, flow_loss, flow_loss_per_sample, sample_path
+from univid.flow.path import (
+    average_velocity_loss,
+    expand_time,
+    flow_loss,
+    flow_loss_per_sample,
+    sample_path,
+)
 from univid.flow.sampler import (
     SOLVERS,
     Given,
     conditional,
+    euler_path,
     euler_sample,
     guided,
     nfe,
@@ -15,7 +22,9 @@ from univid.flow.timesteps import logit_normal, sampling_times, shift_time, unif
 __all__ = [
     "SOLVERS",
     "Given",
+    "average_velocity_loss",
     "conditional",
+    "euler_path",
     "euler_sample",
     "expand_time",
     "flow_loss",

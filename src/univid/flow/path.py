@@ -5,6 +5,13 @@
 
 The network regresses v with a mean squared error.
 
+A few-step student (:func:`average_velocity_loss`) instead regresses the *average* velocity over
+one of its steps, from t_start to t_end along a teacher's sampling path,
+
+    u = (x_start - x_end) / (t_start - t_end),
+
+so that one Euler step x_end = x_start + (t_end - t_start) u lands where the teacher went.
+
 t is one time per sample (B,), or one per latent frame (B, T') ("diffusion forcing"): then each
 frame walks its own straight line, and frames given as conditioning sit at t = 0 (x_t is the
 data, bit for bit) and carry no loss.
@@ -50,6 +57,33 @@ def flow_loss(
     return flow_loss_per_sample(velocity_fn, x_data, noise, t, given).mean()
 
 
+def _masked_mean(error: torch.Tensor, given: torch.Tensor | None) -> torch.Tensor:
+    """Per-sample mean of ``error`` (B, C, T, H, W) over the frames not ``given`` (B, T')."""
+    if given is None:
+        return error.flatten(1).mean(1)
+    keep = expand_time((~given).float(), error).expand_as(error).flatten(1)  # (B, C*T*H*W)
+    return (error.flatten(1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+
+
+def average_velocity_loss(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x_start: torch.Tensor,
+    x_end: torch.Tensor,
+    t_start: torch.Tensor,
+    t_end: torch.Tensor,
+    given: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample mean squared error (B,) between ``velocity_fn(x_start, t)`` and the average
+    velocity (x_start - x_end) / (t_start - t_end) of a step from t_start to t_end (B,), each
+    t_start > t_end. ``t`` is t_start (B,), or per frame (B, T') with the ``given`` frames at 0
+    (they carry no loss)."""
+    t = t_start if given is None else t_start[:, None].masked_fill(given, 0.0)
+    span = expand_time(t_start - t_end, x_start)
+    target = (x_start.float() - x_end.float()) / span.float()
+    error = (velocity_fn(x_start, t).float() - target) ** 2
+    return _masked_mean(error, given)
+
+
 def flow_loss_per_sample(
     velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x_data: torch.Tensor,
@@ -64,7 +98,4 @@ def flow_loss_per_sample(
     """
     x_t, target = sample_path(x_data, noise, t)
     error = (velocity_fn(x_t, t).float() - target.float()) ** 2
-    if given is None:
-        return error.flatten(1).mean(1)
-    keep = expand_time((~given).float(), error).expand_as(error).flatten(1)  # (B, C*T*H*W)
-    return (error.flatten(1) * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+    return _masked_mean(error, given)

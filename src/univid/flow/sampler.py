@@ -112,6 +112,31 @@ def ode_sample(
     return x if given is None else given.start(x)
 
 
+def euler_path(
+    velocity_fn: VelocityFn,
+    noise: torch.Tensor,
+    steps: int,
+    keep: int,
+    given: Given | None = None,
+) -> torch.Tensor:
+    """The states of :func:`ode_sample` (Euler, no shift) at ``keep`` evenly spaced times
+    (``steps`` a multiple of ``keep``): (keep, B, C, T, H, W), entry k at t = 1 - (k + 1) / keep,
+    so the last is the sample itself (the same bits as ``ode_sample``)."""
+    if steps % keep:
+        raise ValueError(f"steps={steps} is not a multiple of keep={keep}")
+    times = sampling_times(steps, device=noise.device)
+    x = noise
+    if given is not None:
+        velocity_fn, x = given.field(velocity_fn), given.start(noise)
+    states = []
+    for i in range(steps):
+        t, h = times[i], times[i + 1] - times[i]
+        x = x + h * velocity_fn(x, t.expand(x.shape[0])).to(x.dtype)
+        if (i + 1) % (steps // keep) == 0:
+            states.append(x if given is None else given.start(x))
+    return torch.stack(states)
+
+
 def _check_solver(solver: str) -> None:
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")

@@ -238,6 +238,7 @@ class DiTStream(nn.Module):
         mlp: str = "gelu",
         qk_norm: bool = True,
         rope_base: float = 10000.0,
+        step_input: bool = False,
     ) -> None:
         super().__init__()
         head_dim = width // heads
@@ -258,6 +259,8 @@ class DiTStream(nn.Module):
         self.text_in = nn.Linear(text_dim, width)
         self.text_pool = nn.Linear(text_dim, width)  # pooled caption -> conditioning vector
         self.time_embed = TimeEmbedding(time_freq_dim, width)
+        # A few-step student also sees the size of the sampler's step (0: the velocity itself).
+        self.step_embed = TimeEmbedding(time_freq_dim, width) if step_input else None
         if self.shared:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, MODULATIONS * width))
         self.blocks = DiTBlocks(
@@ -275,24 +278,36 @@ class DiTStream(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         zero = [self.modulation_out[1], self.head]
+        # The step embedding starts at zero: a model that gains it computes what it did before.
+        zero += [self.step_embed.mlp[2]] if self.step_embed is not None else []
         zero += [self.modulation[1]] if self.shared else [b.modulation[1] for b in self.blocks]
         for linear in zero:
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
 
     def condition(
-        self, t: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
+        self,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        step: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """c = time embedding + projection of the mean of the real caption tokens: (B, D) for
         t (B,); for per-frame t (B, T') it is (B, 1 + T', D), row 1 + f for frame f's video
         tokens and row 0 for the caption tokens, which take the time of the noisiest frame
-        (the largest t: with every frame at one t that is the per-sample c, bit for bit)."""
+        (the largest t: with every frame at one t that is the per-sample c, bit for bit).
+        A model with a step input adds the embedding of ``step`` (B,) to every row."""
         if text_mask is None:
             pooled = text.mean(1)
         else:
             weights = text_mask.to(text.dtype)[..., None]
             pooled = (text * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         pooled = per_sample_linear(self.text_pool, pooled)
+        if self.step_embed is not None:
+            step = t.new_zeros(t.shape[0]) if step is None else step.to(t.dtype)
+            pooled = pooled + self.step_embed(step)
+        elif step is not None:
+            raise ValueError("this model has no step input (model.step_input)")
         if t.ndim == 1:
             return self.time_embed(t) + pooled
         rows = torch.cat([t.amax(1, keepdim=True), t], dim=1)  # (B, 1 + T')
@@ -304,18 +319,20 @@ class DiTStream(nn.Module):
         t: torch.Tensor,
         text: torch.Tensor,
         text_mask: torch.Tensor | None,
+        step: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, C, T, H, W); t (B,), or (B, T') with one time per latent frame (T' = T / pt,
         see :func:`check_time`); text (B, L, Dtext), text_mask (B, L) bool, True = real, or
         None when no caption has padding: then attention runs without any mask, which lets
-        every fused kernel take it."""
+        every fused kernel take it. ``step`` (B,): the sampler's step size, for a model with a
+        step input (None = 0: the velocity at t)."""
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
         check_time(t, B, grid[0])
         L = text.shape[1]
         text = self.text_norm(text)
-        c = self.condition(t, text, text_mask)
+        c = self.condition(t, text, text_mask, step)
         video = self.video_in(patchify(x, self.patch))
         seq = torch.cat([self.text_in(text).to(video.dtype), video], dim=1)
         mask = None
