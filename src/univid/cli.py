@@ -1,4 +1,5 @@
-"""The command line: univid prepare, train, finetune, generate, eval, demo, bench, info, export.
+"""The command line: univid prepare, train, finetune, distill, generate, eval, demo, bench, info,
+export.
 
 It only parses and calls; the options themselves are in :mod:`univid.cli_options`.
 
@@ -44,6 +45,12 @@ def _finetune(args: argparse.Namespace) -> None:
     from univid.train import finetune
 
     finetune(args.base, args.overrides, args.out)
+
+
+def _distill(args: argparse.Namespace) -> None:
+    from univid.train import distill
+
+    distill(args.teacher, args.overrides, args.out)
 
 
 def _local_spec(spec: str, builtin: tuple[str, ...]) -> str:
@@ -102,11 +109,16 @@ def _prepare(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> None:
     from univid.device import precision_note
     from univid.given import read_given
-    from univid.pipeline import check_prompt
+    from univid.pipeline import check_prompt, default_model
     from univid.video import check_output_path, save_video
 
     prompt = check_prompt(args.prompt)
     out = check_output_path(args.out)
+    if args.model is None:
+        asked = (args.guidance, args.solver, args.shift, args.step_cache, args.lora)
+        args.model, note = default_model(args.steps, any(a is not None for a in asked))
+        if note:
+            print(f"univid: {note}", file=sys.stderr)
     pipe = _pipeline(args)
     d = pipe.config.data
     images = [(0, args.image)] * bool(args.image) + [(-1, args.last_image)] * bool(args.last_image)
@@ -275,6 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser(
+        "distill",
+        help="train a few-step student of a model on its own sampling paths (1, 2 or 4 steps); "
+        "run it again to continue",
+    )
+    p.add_argument("teacher", help="bundled model name or model folder to distil")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides (distill.*, train.*, flow.*, data.*)"
+    )
+    p.add_argument("--out", required=True, help="run folder (teacher paths, checkpoints)")
+    p.set_defaults(func=_distill)
+
+    p = sub.add_parser(
         "prepare",
         help="encode a folder or table of videos into a training cache (latents + text states)",
     )
@@ -284,7 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate a video from a prompt")
     p.add_argument("prompt")
     p.add_argument("--out", required=True, help="output: .gif, .mp4, .png (frame grid) or .npy")
-    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    p.add_argument(
+        "--model",
+        help="bundled model name or model folder (default: shapes-tiny; with --steps 1, 2 or 4 "
+        "and no other sampling setting, its few-step student shapes-tiny-fast)",
+    )
     add_sampling_options(p)
     p.add_argument("--seed", type=number(limits.SEED), default=0)
     p.add_argument(
@@ -364,7 +392,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args, extra = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded in bench reports
     # key=value overrides may also follow options (`train PRESET --out DIR key=value`).
-    if args.command in ("train", "finetune", "info", "bench"):
+    if args.command in ("train", "finetune", "distill", "info", "bench"):
         args.overrides += [e for e in extra if "=" in e and not e.startswith("-")]
         extra = [e for e in extra if e not in args.overrides]
         # argparse puts the first override into `config` when no preset is given before it.

@@ -108,7 +108,8 @@ def base_model(cfg: Config) -> tuple[Config, nn.Module]:
     """The base of a fine-tuning run, checked against the run's config: same network, and the
     weights it recorded (``lora.base_sha256``) when it has recorded them."""
     base_cfg, model = load_model_dir(cfg.lora.base)
-    if base_cfg.model != cfg.model:
+    # A few-step student (univid distill) may add a step input to its teacher's network.
+    if base_cfg.model != replace(cfg.model, step_input=base_cfg.model.step_input):
         raise ConfigError(
             f"lora.base {cfg.lora.base!r} is a different network from this run's model section; "
             "a fine-tuning run takes its model section from the base"
@@ -146,12 +147,25 @@ def network(cfg: Config, meta: bool = False) -> nn.Module:
         with torch.device("meta"):
             model = build_model(cfg.model)
     elif cfg.lora.base:
-        model = base_model(cfg)[1].train()
+        base_cfg, model = base_model(cfg)
+        if base_cfg.model != cfg.model:  # a student with a step input its teacher lacks
+            model = _with_step_input(cfg.model, model)
+        model.train()
     else:
         model = build_model(cfg.model)
     if cfg.lora.base and cfg.lora.rank:
         modules = target_modules(cfg.model, cfg.lora.targets)
         inject(model, cfg.lora.rank, cfg.lora.alpha, modules)
+    return model
+
+
+def _with_step_input(cfg: ModelConfig, teacher: nn.Module) -> nn.Module:
+    """``cfg``'s network (the teacher's plus a step input) holding the teacher's weights; the
+    step embedding is new and its output starts at zero, so it computes what the teacher does."""
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("step_embed.") for k in missing):
+        raise ConfigError(f"cannot start this network from its base: {(unexpected + missing)[0]}")
     return model
 
 

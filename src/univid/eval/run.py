@@ -36,7 +36,7 @@ def evaluate(
     univid.data.shapes.PROMPT_SETS) from ``pipe`` (a :class:`univid.pipeline.Pipeline`).
 
     ``None`` settings mean the model's own. Returns the report of :func:`run_eval` plus the
-    model's fixed validation loss and the settings (with the network forwards actually run per
+    model's fixed validation loss (None for a few-step student) and the settings (with the network forwards actually run per
     batch, which the step cache lowers below the NFE) and the videos (N, T, H, W, 3) uint8.
     """
     flow = pipe.config.flow
@@ -65,7 +65,13 @@ def evaluate(
         prompt_set=prompt_set,
     )
     seconds = time.perf_counter() - start
-    report["validation"] = ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
+    # A few-step student learns its steps, not the flow's velocity: that loss says nothing of it.
+    student = bool(pipe.config.distill.method)
+    report["validation"] = (
+        {"val_loss": None}
+        if student
+        else ValidationSet(pipe.config, pipe.text_encoder).loss(pipe.model)
+    )
     adapter = getattr(pipe, "lora", None) or {}  # a LoRA adapter on the model, if any
     report["settings"] = {
         "model": model,

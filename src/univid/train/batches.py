@@ -31,6 +31,7 @@ from univid.errors import ConfigError
 from univid.flow import logit_normal, uniform
 from univid.parallel import Dist
 from univid.text import pad_states
+from univid.train.paths import TeacherPath
 
 
 @dataclass
@@ -47,6 +48,9 @@ class MicroBatch:
     weight: torch.Tensor  # (B,) 1 for a usable sample, 0 for a skipped one
     skipped: list[tuple[int, str]]  # (dataset index, reason)
     indices: list[int]  # dataset index of every sample
+    # Distillation (teacher paths): t is each student step's start (B,), t_end its end (B,);
+    # noise holds the state at t, x the state at t_end ('reflow': the noise and the video).
+    t_end: torch.Tensor | None = None
 
 
 @dataclass
@@ -87,6 +91,7 @@ class BatchPlan:
         self.share = dist.world * t.grad_accum  # micro-batches per global batch
         self.mix = list(mix(cfg).values())
         self.per_frame = self.mix[0] < 1.0  # any mode besides text to video
+        self.distill = cfg.distill.method  # '' or the student's objective (teacher paths)
         self.global_batch = t.batch_size * self.share
         buckets = getattr(dataset, "buckets", None)
         self.sampler: StreamSampler | BucketSampler
@@ -141,7 +146,7 @@ class BatchPlan:
         per = len(indices) // self.share
         first = (self.dist.rank * self.cfg.train.grad_accum + micro) * per
         parts = [self.sample(indices[j], samples_seen + j) for j in range(first, first + per)]
-        xs, captions, states, times, givens, noises, weight, skipped = zip(*parts)
+        xs, captions, states, times, givens, noises, weight, skipped, ends = zip(*parts)
         text = mask = None
         if states[0] is not None:
             t = self.cfg.text
@@ -152,17 +157,18 @@ class BatchPlan:
             captions=list(captions),
             text=text,
             text_mask=mask,
-            t=torch.stack(times) if self.per_frame else torch.cat(times),
-            given=torch.stack(givens) if self.per_frame else None,
+            t=torch.stack(times) if self.per_frame and not self.distill else torch.cat(times),
+            given=torch.stack(givens) if self.per_frame or self.distill else None,
             noise=_stack(noises),
             weight=torch.tensor(weight),
             skipped=[s for s in skipped if s is not None],
             indices=[indices[j] for j in range(first, first + per)],
+            t_end=torch.cat(ends) if self.distill else None,
         )
 
     def sample(self, index: int, position: int) -> tuple:
-        """(x, caption, text states or None, t, given, noise, weight, skip reason or None) of
-        one stream position."""
+        """(x, caption, text states or None, t, given, noise, weight, skip reason or None,
+        t_end or None) of one stream position."""
         cfg = self.cfg
         seed = cfg.train.seed
         skipped = None
@@ -172,6 +178,11 @@ class BatchPlan:
             item, weight = self.placeholder(index), 0.0
             skipped = (index, str(exc) or type(exc).__name__)
         drop = np.random.default_rng([seed, position, 1]).random() < cfg.data.caption_dropout
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + position)
+        if isinstance(item, TeacherPath):
+            start, end, t, t_end = self.student_step(item, position, gen)
+            caption = "" if drop else item.caption
+            return end, caption, None, t, item.given, start, weight, skipped, t_end
         state = None
         if isinstance(item, CachedClip):
             x, caption = item.latents, item.caption
@@ -180,10 +191,32 @@ class BatchPlan:
             video, caption = item[:2]
             x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
             x = x.float() / 127.5 - 1.0
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + position)
         t, given = self.times(x.shape[1] // cfg.model.patch[0], position, gen)
         noise = torch.randn(x.shape, generator=gen)
-        return x, "" if drop else caption, state, t, given, noise, weight, skipped
+        return x, "" if drop else caption, state, t, given, noise, weight, skipped, None
+
+    def student_step(
+        self, path: TeacherPath, position: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(state at t, state at t_end, t (1,), t_end (1,)) of a student's step on a teacher
+        path. 'average': one of the steps of a student of n = 1, 2, 4, ... max_steps steps
+        (n and the step uniform), between the path's states at its ends. 'reflow': the straight
+        line from the noise (t = 1) to the video (t = 0), at t uniform in [0, 1) half the time
+        and at a student's step start k / max_steps (k = 1 .. max_steps) otherwise."""
+        states = path.states  # (1 + K, C, T, H, W), entry k at t = 1 - k / K
+        K = states.shape[0] - 1
+        rng = np.random.default_rng([self.cfg.train.seed, position, 3])
+        if self.distill == "reflow":
+            if rng.random() < 0.5:
+                t = uniform(1, generator=gen)
+            else:
+                t = torch.tensor([int(rng.integers(1, K + 1)) / K])
+            return states[0], states[-1], t, torch.zeros(1)
+        counts = self.cfg.distill.step_counts  # 1, 2, 4, ... K
+        n = counts[int(rng.integers(0, len(counts)))]
+        j = int(rng.integers(0, n))
+        a, b = j * K // n, (j + 1) * K // n
+        return states[a], states[b], torch.tensor([1 - a / K]), torch.tensor([1 - b / K])
 
     def times(
         self, frames: int, position: int, gen: torch.Generator

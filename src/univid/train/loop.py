@@ -26,7 +26,7 @@ from univid.config import Config
 from univid.data.cache import CacheDataset
 from univid.device import autocast, autocast_dtype, cpu_flags, precision_name, precision_note
 from univid.errors import ConfigError, InputError, UnividError
-from univid.flow import flow_loss_per_sample
+from univid.flow import average_velocity_loss, flow_loss_per_sample
 from univid.lora import record_base
 from univid.parallel import init_distributed, parallelize, unwrap
 from univid.text import TextEncoder
@@ -41,6 +41,7 @@ from univid.train.checkpoint import (
 from univid.train.guards import Pending, UpdateGuard, check_bad_fraction
 from univid.train.metrics import Interval, append_log, start_run
 from univid.train.optim import ema_update, lr_factor, make_optimizer, rewind
+from univid.train.paths import TeacherPaths, paths_folder
 from univid.train.previews import Previews
 
 __all__ = ["Trainer", "lr_factor"]
@@ -69,6 +70,8 @@ class Trainer:
         self.device = self.dist.device
         self.amp = autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)
+        if dataset is None and cfg.distill.method:  # a student learns from its teacher's paths
+            dataset = TeacherPaths(record_base(cfg), paths_folder(cfg, self.run_dir))
         self.cfg, self.dataset, note = open_dataset(record_base(cfg), dataset)
         cfg = self.cfg
         if note and self.progress:
@@ -214,9 +217,37 @@ class Trainer:
         )
         given = None if batch.given is None else batch.given.to(self.device)
         with autocast(self.device, self.amp):
-            return flow_loss_per_sample(
-                lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t, given
-            )
+            if batch.t_end is None:
+                return flow_loss_per_sample(
+                    lambda xt, tt: self.model(xt, tt, text, mask), x, noise, t, given
+                )
+            return self.student_loss(batch, text, mask, x, noise, t, given)
+
+    def student_loss(
+        self,
+        batch: MicroBatch,
+        text: torch.Tensor,
+        mask: torch.Tensor | None,
+        end: torch.Tensor,
+        start: torch.Tensor,
+        t: torch.Tensor,
+        given: torch.Tensor,
+    ) -> torch.Tensor:
+        """A few-step student's loss on teacher paths (``distill.method``), shape (B,):
+        'average' regresses the average velocity of the step from t to t_end between the
+        path's states, with the step size as input; 'reflow' the straight line's velocity."""
+        t_end = batch.t_end.to(self.device)
+        if self.cfg.distill.method == "average":
+            step = t - t_end
+
+            def velocity(xt: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+                return self.model(xt, tt, text, mask, step=step)
+
+            return average_velocity_loss(velocity, start, end, t, t_end, given)
+        frames = t[:, None].masked_fill(given, 0.0)  # given frames stay data (t = 0)
+        return flow_loss_per_sample(
+            lambda xt, tt: self.model(xt, tt, text, mask), end, start, frames, given
+        )
 
     def _sync_gradients(self, last: bool) -> Any:
         """Reduce gradients across ranks only on the last micro-batch of a step."""

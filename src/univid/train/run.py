@@ -22,10 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from univid.config import Config, apply_overrides, load_config_file, resolve_config
+from univid.device import pick_device
 from univid.errors import InputError
-from univid.parallel import close_distributed, torchrun_rank
+from univid.lora import base_model, record_base
+from univid.parallel import close_distributed, torchrun_rank, torchrun_world
 from univid.train.checkpoint import latest_checkpoint
 from univid.train.loop import Trainer
+from univid.train.metrics import start_run
+from univid.train.paths import PATHS_DIR, make_paths, paths_complete
 
 LOCK = ".lock"
 # What a run writes before its first checkpoint. A folder holding only these, with no complete
@@ -41,6 +45,7 @@ EARLY_FILES = frozenset(
         "anomalies.log",
         "extras.log",
         "sessions.jsonl",
+        PATHS_DIR,  # a distillation run's teacher paths, made before its first step
     }
 )
 
@@ -202,6 +207,79 @@ def finetune(base: str, overrides: list[str], out: str) -> dict[str, Any]:
         if torchrun_rank() == 0:
             _claim(run_dir)
         return train(cfg, run_dir)
+
+
+# What `univid distill` sets unless told otherwise: the student learns from its teacher's paths
+# (no caption dropout: it never samples without guidance), fewer steps at a lower LR than
+# training from scratch, no validation loss (it measures the teacher's objective, not the
+# student's), and samples with 2 steps and the guidance built in.
+DISTILL_DEFAULTS = (
+    "distill.method=average",
+    "flow.guidance=1",
+    "flow.sample_steps=2",
+    "data.caption_dropout=0",
+    "train.steps=2000",
+    "train.lr=2e-4",
+    "train.warmup=100",
+    "train.val_every=0",
+    "train.sample_every=500",
+    "train.ckpt_every=250",
+)
+
+
+def student_config(teacher: str, overrides: list[str]) -> Config:
+    """The config of a new distillation run of ``teacher``: the teacher's, with
+    ``lora.base=TEACHER lora.rank=0`` (the student starts as the teacher, every weight trained),
+    ``distill.guidance`` = the teacher's guidance, :data:`DISTILL_DEFAULTS`, a step input for
+    an 'average' student, then ``overrides``."""
+    from univid.build import load_model_dir
+    from univid.lora import resolve_base
+
+    base_cfg, _ = load_model_dir(teacher)
+    if base_cfg.distill.method:
+        raise InputError(f"{teacher} is itself a few-step student: distil its teacher instead")
+    if any(o.split("=", 1)[0].startswith(("model.", "lora.")) for o in overrides):
+        raise InputError("model.* and lora.* come from TEACHER; they cannot be overridden")
+    given = [*DISTILL_DEFAULTS, *overrides]
+    method = [o.split("=", 1)[1] for o in given if o.startswith("distill.method=")][-1]
+    return apply_overrides(
+        base_cfg,
+        [
+            f"lora.base={resolve_base(teacher)}",
+            "lora.rank=0",
+            f"model.step_input={'true' if method == 'average' else 'false'}",
+            f"distill.guidance={base_cfg.flow.guidance!r}",
+            *given,
+        ],
+    )
+
+
+def distill(teacher: str, overrides: list[str], out: str, progress: bool = True) -> dict[str, Any]:
+    """What ``univid distill TEACHER --out DIR [key=value ...]`` does: make the teacher's paths
+    (:mod:`univid.train.paths`, kept in ``DIR/teacher_paths``), then train the student on them.
+
+    Run again with the same arguments, it goes on from where it stopped: from the first missing
+    paths file, or from the newest checkpoint (then the overrides apply as for ``--resume``)."""
+    run_dir = _folder(out)
+    with run_lock(run_dir):
+        if latest_checkpoint(run_dir) is not None:
+            return _resume(run_dir, overrides)
+        cfg = record_base(student_config(teacher, overrides))
+        saved = run_dir / "config.json"
+        same = saved.is_file() and saved.read_text(encoding="utf-8") == cfg.to_json()
+        if torchrun_world() > 1 and not (same and paths_complete(cfg, run_dir)):
+            raise InputError(
+                "make the teacher's paths in one process first (univid distill without "
+                "torchrun, stopped with Ctrl-C once they are made), then distil under torchrun"
+            )
+        if not same:
+            _claim(run_dir)  # a new run, or one stopped before its first checkpoint
+        start_run(run_dir, cfg.to_json(), 0).close()
+        if not cfg.distill.paths_from:
+            _, teacher_net = base_model(cfg)
+            device = pick_device(cfg.train.device)
+            make_paths(cfg, teacher_net, run_dir / PATHS_DIR, device, progress)
+        return train(cfg, run_dir, progress=progress)
 
 
 def _folder(out: str) -> Path:
