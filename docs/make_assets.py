@@ -7,6 +7,9 @@
 ``python docs/make_assets.py lora LORA_RUN FULL_RUN`` makes ``lora.gif`` instead: four prompts
 with the concepts the bundled model never saw (seed 0), a row each for the base, the base with
 the LoRA adapter, and the fully fine-tuned model (the runs of benchmarks/lora_concepts.py).
+
+``python docs/make_assets.py few_step`` makes ``few_step.gif``: four prompts (seed 0), a row
+each for the bundled teacher at 25 steps and its few-step student at 4, 2 and 1 steps.
 """
 
 import sys
@@ -77,9 +80,21 @@ def lora_rows(lora: str, full: str) -> None:
     print(save_video(grid, OUT / "lora.gif", fps=base.config.data.fps))
 
 
+def few_step_rows() -> None:
+    teacher = univid.Pipeline.from_pretrained("shapes-tiny", device="cpu")
+    student = univid.Pipeline.from_pretrained("shapes-tiny-fast", device="cpu")
+    rows = [teacher(PROMPTS[:4], seed=0)]
+    rows += [student(PROMPTS[:4], seed=0, num_steps=steps) for steps in (4, 2, 1)]
+    grid = np.concatenate([tile(gutter(upscale(r, SCALE))) for r in rows], axis=1)
+    print(save_video(grid, OUT / "few_step.gif", fps=teacher.config.data.fps))
+
+
 def main() -> None:
     if sys.argv[1:2] == ["lora"]:
         lora_rows(*sys.argv[2:4])
+        return
+    if sys.argv[1:2] == ["few_step"]:
+        few_step_rows()
         return
     pipe = univid.Pipeline.from_pretrained("shapes-tiny", device="cpu")
     text_to_video(pipe)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,8 @@ from tqdm.auto import tqdm
 from univid import speed
 from univid import step_cache as caching
 from univid.autoencoder import Autoencoder, load_autoencoder
-from univid.build import load_model_dir
-from univid.config import Config
+from univid.build import DEFAULT_MODEL, FEW_STEP_STUDENT, load_model_dir, resolve_model_dir
+from univid.config import Config, load_config_file
 from univid.config.sections import RANGES, mix
 from univid.device import autocast, autocast_dtype, pick_device
 from univid.errors import InputError
@@ -33,6 +33,59 @@ def check_prompt(prompt: str) -> str:
     """The prompt as the model sees it (:func:`univid.text.clean.clean_text`: whitespace and
     invisible format characters normalised), or :class:`InputError` if it is not usable text."""
     return clean_text(prompt, "prompt")
+
+
+def student_steps(config: Config) -> tuple[int, ...] | None:
+    """The step counts a few-step student samples with (``distill.method=average``: 1, 2, 4, ...
+    up to ``distill.max_steps``); None when any count will do (a teacher, or a reflow student,
+    which is a flow)."""
+    return config.distill.step_counts if config.distill.method == "average" else None
+
+
+def default_model(steps: int | None, other_settings: bool) -> tuple[str, str | None]:
+    """The model `univid generate` uses without ``--model``, and a line saying why when it is
+    not the default: the bundled teacher's few-step student when ``steps`` is one of the
+    student's counts and nothing else about sampling (guidance, solver, shift, step cache,
+    adapter) was asked for, since those are the teacher's."""
+    student = FEW_STEP_STUDENT[DEFAULT_MODEL]
+    allowed = student_steps(load_config_file(resolve_model_dir(student) / "config.json"))
+    if steps is None or other_settings or (allowed is not None and steps not in allowed):
+        return DEFAULT_MODEL, None
+    note = (
+        f"--steps {steps}: using {student}, the few-step student of {DEFAULT_MODEL} (guidance "
+        f"built in); --model {DEFAULT_MODEL} for the teacher itself"
+    )
+    return student, note
+
+
+def check_student(
+    config: Config, steps: int, guidance: float, solver: str, shift: float, step_cache: float
+) -> None:
+    """One line (:class:`InputError`) for sampler settings a few-step student cannot take: a
+    student has its teacher's guidance built in (guidance 1), and an 'average' student learned
+    its step counts on an even grid, with Euler steps."""
+    d = config.distill
+    if not d.method:
+        return
+    if guidance != 1.0:
+        raise InputError(
+            f"this student (distill.method={d.method}) has its teacher's guidance {d.guidance:g} "
+            f"built in: sample it with guidance 1, not {guidance:g}"
+        )
+    allowed = student_steps(config)
+    if allowed is None:
+        return
+    counts = ", ".join(map(str, allowed))
+    if steps not in allowed:
+        raise InputError(
+            f"this student (distill.method=average) samples with {counts} steps, not {steps}"
+        )
+    if solver != "euler" or shift != 1.0 or step_cache:
+        raise InputError(
+            f"this student (distill.method=average) learned Euler steps on an even grid: use "
+            f"solver euler, shift 1 and no step cache (got {solver}, shift {shift:g}, step "
+            f"cache {step_cache:g})"
+        )
 
 
 class Pipeline:
@@ -211,6 +264,7 @@ class Pipeline:
             raise InputError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
         for s in seeds:
             SEED.check("seed", s)
+        check_student(self.config, steps, scale, solver, shift, threshold)
         prompts = [check_prompt(p) for p in prompts]
         check_fits(generation(self.config, len(prompts)), self.device, "sampling")
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
@@ -222,7 +276,7 @@ class Pipeline:
         text, mask = self.text_encoder.encode(list(prompts))
         null, null_mask = self.text_encoder.encode([""] * len(prompts))
         cache = StepCache(threshold) if threshold > 0 else None
-        velocity = guided(self.model, text, mask, null, null_mask, scale)
+        velocity = guided(self.network(steps), text, mask, null, null_mask, scale)
         fixed = self.given(given, len(prompts), latent)
         amp = autocast_dtype(self.precision, self.device)
         bar = tqdm(total=steps, desc="sampling", disable=not progress, leave=False)
@@ -245,6 +299,17 @@ class Pipeline:
             for index, image in frames.items():
                 video[index] = image
         return videos
+
+    def network(self, steps: int) -> Callable[..., torch.Tensor]:
+        """The model as the sampler calls it: (x, t, text, mask) -> velocity; a student with a
+        step input is told the size of the sampler's steps, 1 / ``steps``."""
+        if not self.config.model.step_input:
+            return self.model
+
+        def student(x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: Any) -> Any:
+            return self.model(x, t, text, mask, step=t.new_full((x.shape[0],), 1.0 / steps))
+
+        return student
 
     def given(
         self, given: Sequence[dict[int, np.ndarray]] | None, count: int, latent: tuple

@@ -36,8 +36,9 @@ def evaluate(
     univid.data.shapes.PROMPT_SETS) from ``pipe`` (a :class:`univid.pipeline.Pipeline`).
 
     ``None`` settings mean the model's own. Returns the report of :func:`run_eval` plus the
-    model's fixed validation loss (None for a few-step student) and the settings (with the network forwards actually run per
-    batch, which the step cache lowers below the NFE) and the videos (N, T, H, W, 3) uint8.
+    model's fixed validation loss (None for a few-step student) and the settings (with the
+    network forwards actually run per batch, which the step cache lowers below the NFE) and
+    the videos (N, T, H, W, 3) uint8.
     """
     flow = pipe.config.flow
     steps_used, solver_used = steps or flow.sample_steps, solver or flow.solver

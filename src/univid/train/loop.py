@@ -70,9 +70,10 @@ class Trainer:
         self.device = self.dist.device
         self.amp = autocast_dtype(t.precision, self.device)
         torch.manual_seed(t.seed)
+        cfg = record_base(cfg)
         if dataset is None and cfg.distill.method:  # a student learns from its teacher's paths
-            dataset = TeacherPaths(record_base(cfg), paths_folder(cfg, self.run_dir))
-        self.cfg, self.dataset, note = open_dataset(record_base(cfg), dataset)
+            dataset = TeacherPaths(cfg, paths_folder(cfg, self.run_dir))
+        self.cfg, self.dataset, note = open_dataset(cfg, dataset)
         cfg = self.cfg
         if note and self.progress:
             print(f"univid: {note}", file=sys.stderr)
