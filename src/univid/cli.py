@@ -213,10 +213,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from univid.config import resolve_config
+    from univid.build import BUNDLED, resolve_model_dir
+    from univid.config import PRESETS, resolve_config
     from univid.info import describe
 
     source = Path(args.model)
+    if args.model in BUNDLED and args.model not in PRESETS:  # a bundled model without a preset
+        source = resolve_model_dir(args.model)
     if source.is_dir():  # a model or run folder
         source = source / "config.json"
         if not source.is_file():
