@@ -5,6 +5,7 @@ at one step on a toy target, bit-exact resume, and the one-line errors."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -313,7 +314,14 @@ def test_a_student_samples_with_its_steps_and_no_guidance(student):
 
 
 def test_distill_command_errors_are_one_line(teacher, student, tmp_path, capsys):
+    cached = tmp_path / "cached"  # a teacher trained on a cache (its paths need its captions)
+    cached.mkdir()
+    shutil.copy(teacher / "model.safetensors", cached)
+    config = json.loads((teacher / "config.json").read_text())
+    config["data"]["cache"] = str(tmp_path / "some-cache")
+    (cached / "config.json").write_text(json.dumps(config))
     cases = [
+        (["distill", str(cached), "--out", str(tmp_path / "e")], "trained on a cache"),
         (["distill", str(student), "--out", str(tmp_path / "a")], "itself a few-step student"),
         (["distill", str(teacher), "--out", str(tmp_path / "b"), "model.width=64"], "TEACHER"),
         (["distill", str(teacher), "--out", str(tmp_path / "c"), "distill.method=mean"], "allowed"),

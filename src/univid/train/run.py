@@ -238,6 +238,11 @@ def student_config(teacher: str, overrides: list[str]) -> Config:
     base_cfg, _ = load_model_dir(teacher)
     if base_cfg.distill.method:
         raise InputError(f"{teacher} is itself a few-step student: distil its teacher instead")
+    if base_cfg.data.cache:
+        raise InputError(
+            f"{teacher} was trained on a cache ({base_cfg.data.cache}); its paths would be drawn "
+            "from the shapes world's clips and captions, so distilling it is not supported yet"
+        )
     if any(o.split("=", 1)[0].startswith(("model.", "lora.")) for o in overrides):
         raise InputError("model.* and lora.* come from TEACHER; they cannot be overridden")
     given = [*DISTILL_DEFAULTS, *overrides]
