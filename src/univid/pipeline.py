@@ -285,7 +285,7 @@ class Pipeline:
             caching.step_cache(self.model, cache),
             autocast(self.device, amp),
         ):
-            x = ode_sample(velocity, noise, steps, solver, shift, lambda _: bar.update(), fixed)
+            x = ode_sample(velocity, noise, steps, solver, shift, lambda *_: bar.update(), fixed)
         bar.close()
         self.last_cache = cache
         # One check at the end (flow/ knows only torch): NaN or inf would be written as black.

@@ -58,7 +58,7 @@ def euler_sample(
     noise: torch.Tensor,
     steps: int,
     shift: float = 1.0,
-    callback: Callable[[int], None] | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from t = 1 to t = 0 with ``steps`` Euler steps.
 
@@ -73,7 +73,7 @@ def ode_sample(
     steps: int,
     solver: str = "euler",
     shift: float = 1.0,
-    callback: Callable[[int], None] | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
     given: Given | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v(x, t) from t = 1 (noise) to t = 0 over ``steps`` intervals.
@@ -87,7 +87,7 @@ def ode_sample(
     ``shift`` bends the time grid (see :func:`univid.flow.sampling_times`); :func:`nfe` gives
     the number of velocity evaluations. With ``given`` frames the model gets per-frame t
     (B, T'): 0 for the given frames, which are returned bit for bit, and the common t for
-    the rest.
+    the rest. ``callback(i, x)`` is called after step i with the state it reached.
     """
     _check_solver(solver)
     times = sampling_times(steps, shift, device=noise.device)
@@ -108,7 +108,7 @@ def ode_sample(
         else:
             x = x + h * v
         if callback is not None:
-            callback(i)
+            callback(i, x)
     return x if given is None else given.start(x)
 
 
@@ -121,19 +121,17 @@ def euler_path(
 ) -> torch.Tensor:
     """The states of :func:`ode_sample` (Euler, no shift) at ``keep`` evenly spaced times
     (``steps`` a multiple of ``keep``): (keep, B, C, T, H, W), entry k at t = 1 - (k + 1) / keep,
-    so the last is the sample itself (the same bits as ``ode_sample``)."""
+    so the last is the sample itself (the same bits as ``ode_sample``: the given frames' velocity
+    is zero, so every state already holds them exactly)."""
     if steps % keep:
         raise ValueError(f"steps={steps} is not a multiple of keep={keep}")
-    times = sampling_times(steps, device=noise.device)
-    x = noise
-    if given is not None:
-        velocity_fn, x = given.field(velocity_fn), given.start(noise)
-    states = []
-    for i in range(steps):
-        t, h = times[i], times[i + 1] - times[i]
-        x = x + h * velocity_fn(x, t.expand(x.shape[0])).to(x.dtype)
+    states: list[torch.Tensor] = []
+
+    def collect(i: int, x: torch.Tensor) -> None:
         if (i + 1) % (steps // keep) == 0:
-            states.append(x if given is None else given.start(x))
+            states.append(x)
+
+    ode_sample(velocity_fn, noise, steps, "euler", 1.0, collect, given)
     return torch.stack(states)
 
 

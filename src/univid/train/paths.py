@@ -118,8 +118,8 @@ class PathMaker:
         )
         text, mask = self.text.encode(list(captions))
         null, null_mask = self.text.encode([""] * len(indices))
-        velocity = guided(self.teacher, text, mask, null, null_mask, cfg.distill.guidance)
         d = cfg.distill
+        velocity = guided(self.teacher, text, mask, null, null_mask, d.guidance)
         with autocast(self.device, self.amp):
             states = euler_path(velocity, noise, d.teacher_steps, d.max_steps, given)
         if given is None:
@@ -138,10 +138,14 @@ def shard_path(folder: Path, shard: int) -> Path:
     return folder / f"paths_{shard:05d}.safetensors"
 
 
+def shards(cfg: Config) -> range:
+    """The paths files of ``cfg``'s run, by number."""
+    return range((cfg.distill.paths + SHARD - 1) // SHARD)
+
+
 def missing_shards(cfg: Config, folder: Path) -> list[int]:
     """The paths files of ``cfg``'s run not yet in ``folder``."""
-    count = cfg.distill.paths
-    return [s for s in range((count + SHARD - 1) // SHARD) if not shard_path(folder, s).is_file()]
+    return [s for s in shards(cfg) if not shard_path(folder, s).is_file()]
 
 
 def paths_complete(cfg: Config, run_dir: Path) -> bool:
@@ -218,13 +222,11 @@ class TeacherPaths:
     shards are read into memory at once (fp16)."""
 
     def __init__(self, cfg: Config, folder: Path) -> None:
-        count = cfg.distill.paths
-        shards = range((count + SHARD - 1) // SHARD)
         missing = missing_shards(cfg, folder)
         if missing:
             raise InputError(
                 f"the teacher's paths in {folder} are incomplete ({len(missing)} of "
-                f"{len(shards)} files missing); make them with: univid distill "
+                f"{len(shards(cfg))} files missing); make them with: univid distill "
                 f"{cfg.lora.base} --out {folder.parent}"
             )
         made = read_json(folder / MANIFEST, CONFIG_LIMIT)
@@ -236,7 +238,7 @@ class TeacherPaths:
                 f"{made.get(differ[0])!r}, this run: {wanted[differ[0]]!r})"
             )
         states, given, captions = [], [], []
-        for s in shards:
+        for s in shards(cfg):
             with safe_open(shard_path(folder, s), framework="pt") as f:
                 states.append(f.get_tensor("states"))
                 given.append(f.get_tensor("given").bool())
