@@ -235,3 +235,122 @@ class ShapesWorld:
         """Videos (B, T, H, W, 3) uint8 and their captions."""
         items = [self[i] for i in indices]
         return np.stack([v for v, _, _ in items]), [c for _, c, _ in items]
+
+
+# The bouncing world (univid's long-video world): the object starts moving in the caption's
+# direction at a constant speed and bounces off the frame's edges, for as long as asked.
+# Speeds in pixels per frame at the reference size; the straight world moves 1.4-2.3.
+SPEED_RANGE = (1.5, 2.5)
+# Lengths of the bouncing world's training clips; a training sample is a window of one of them.
+CLIP_FRAMES = (32, 64)
+
+
+@dataclass(frozen=True)
+class BounceClip:
+    """A clip of the bouncing world: the object moves along the caption's axis at ``speed``
+    pixels per frame and is reflected at the frame's edges (its centre stays in [r, size - r]
+    on that axis, so the whole object is always inside)."""
+
+    shape: str
+    colour: str
+    direction: str  # the direction it starts in
+    radius: float
+    speed: float
+    start: tuple[float, float]  # (x, y) centre in frame 0
+    size: tuple[int, int]  # (width, height) of the frame it bounces in
+
+    def centre(self, frame: float, frames: int = 0) -> tuple[float, float]:
+        """Object centre at ``frame`` (any real >= 0; ``frames`` is ignored: the path does not
+        depend on the clip's length). Unfolded, the path is a straight line; folding it into
+        [r, size - r] is the exact reflection, a triangle wave of period 2 (size - 2r)."""
+        dx, dy = DIRECTION_VECTORS[self.direction]
+        centre = []
+        for step, start, size in (
+            (dx, self.start[0], self.size[0]),
+            (dy, self.start[1], self.size[1]),
+        ):
+            if not step:
+                centre.append(start)
+                continue
+            low, span = self.radius, size - 2 * self.radius
+            unfolded = (start - low + step * self.speed * frame) % (2 * span)
+            centre.append(low + (unfolded if unfolded <= span else 2 * span - unfolded))
+        return centre[0], centre[1]
+
+    def velocity(self, frame: float) -> tuple[float, float]:
+        """(dx, dy) pixels per frame at ``frame``: the start direction, reversed after each
+        bounce (at a bounce itself, the direction it leaves in)."""
+        dx, dy = DIRECTION_VECTORS[self.direction]
+        start = self.start[0] if dx else self.start[1]
+        size = self.size[0] if dx else self.size[1]
+        span = size - 2 * self.radius
+        unfolded = (start - self.radius + (dx + dy) * self.speed * frame) % (2 * span)
+        sign = 1 if unfolded < span else -1
+        return dx * sign * self.speed, dy * sign * self.speed
+
+
+def sample_bounce(
+    rng: np.random.Generator,
+    height: int = 32,
+    width: int = 32,
+    shape: str | None = None,
+    colour: str | None = None,
+    direction: str | None = None,
+) -> BounceClip:
+    """Draw a bouncing clip; any attribute may be fixed. The start is uniform over the places
+    the object fits, which is also where a long clip spends its time."""
+    scale = min(height, width) / REFERENCE_SIZE
+    shape = shape or SHAPES[rng.integers(len(SHAPES))]
+    colour = colour or list(COLOURS)[rng.integers(len(COLOURS))]
+    direction = direction or DIRECTIONS[rng.integers(len(DIRECTIONS))]
+    radius = float(rng.uniform(*RADIUS_RANGE)) * scale
+    speed = float(rng.uniform(*SPEED_RANGE)) * scale
+    start = tuple(float(rng.uniform(radius, size - radius)) for size in (width, height))
+    return BounceClip(shape, colour, direction, radius, speed, start, (width, height))  # type: ignore[arg-type]
+
+
+def render_frames(
+    clip: ShapeClip | BounceClip, frames: range, height: int = 32, width: int = 32
+) -> np.ndarray:
+    """Render the frames ``frames`` of a bouncing ``clip`` as uint8 (len(frames), H, W, 3)."""
+    colour = np.asarray(ALL_COLOURS[clip.colour], dtype=np.float32)
+    video = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    for i, f in enumerate(frames):
+        cover = _coverage(clip, *clip.centre(f), height, width)  # type: ignore[arg-type]
+        video[i] = np.rint(cover[..., None] * colour).astype(np.uint8)
+    return video
+
+
+class BounceWorld:
+    """The bouncing world as training windows: ``world[i]`` is ``(video uint8 (frames, H, W,
+    3), caption, clip, start)``, frames ``start .. start + frames - 1`` of a clip of
+    CLIP_FRAMES frames, all drawn from ``(seed, i)``.
+
+    The caption names the clip's start direction, as a prompt does; later windows move either
+    way. ``start_share`` of the windows open their clip (start 0), where a long generation
+    begins with less context; the rest start anywhere else in it.
+    """
+
+    def __init__(
+        self,
+        frames: int = 16,
+        height: int = 32,
+        width: int = 32,
+        seed: int = 0,
+        start_share: float = 0.35,
+    ) -> None:
+        if not 1 <= frames <= CLIP_FRAMES[0]:
+            raise ValueError(f"windows must be 1..{CLIP_FRAMES[0]} frames, got {frames}")
+        self.frames, self.height, self.width, self.seed = frames, height, width, seed
+        self.start_share = start_share
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, str, BounceClip, int]:
+        rng = np.random.default_rng([self.seed, index])
+        clip = sample_bounce(rng, self.height, self.width)
+        text = caption(clip, rng)  # type: ignore[arg-type]
+        length = int(rng.integers(CLIP_FRAMES[0], CLIP_FRAMES[1] + 1))
+        start = 0
+        if rng.random() >= self.start_share:
+            start = int(rng.integers(1, length - self.frames + 1))
+        window = range(start, start + self.frames)
+        return render_frames(clip, window, self.height, self.width), text, clip, start
