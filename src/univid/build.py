@@ -44,6 +44,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
             mlp=cfg.mlp,
             qk_norm=cfg.qk_norm,
             step_input=cfg.step_input,
+            chunk=cfg.chunk,
         )
     raise InputError(f"unknown backbone '{cfg.backbone}'")
 

@@ -59,6 +59,8 @@ SEED = Range(0, 2**32 - 1)
 TOKENS = Range(1, 2**24)
 # Videos of one `generate` call: one batch (the memory check judges whether it fits).
 NUM_VIDEOS = Range(1, 4096)
+# Frames of a streamed video (univid generate --frames): memory stays flat, so only time limits.
+STREAM_FRAMES = Range(1, 10_000_000)
 # Nearest-neighbour upscaling of written videos; the upscaled frame must also fit, see
 # MAX_FRAME_SIDE.
 SCALE = Range(1, 64)

@@ -108,8 +108,11 @@ def base_model(cfg: Config) -> tuple[Config, nn.Module]:
     """The base of a fine-tuning run, checked against the run's config: same network, and the
     weights it recorded (``lora.base_sha256``) when it has recorded them."""
     base_cfg, model = load_model_dir(cfg.lora.base)
-    # A few-step student (univid distill) may add a step input to its teacher's network.
-    if base_cfg.model != replace(cfg.model, step_input=base_cfg.model.step_input):
+    # A few-step student (univid distill) may add a step input to its teacher's network, and
+    # a streaming model block-causal attention (no weights of its own).
+    if base_cfg.model != replace(
+        cfg.model, step_input=base_cfg.model.step_input, chunk=base_cfg.model.chunk
+    ):
         raise ConfigError(
             f"lora.base {cfg.lora.base!r} is a different network from this run's model section; "
             "a fine-tuning run takes its model section from the base"
@@ -148,7 +151,7 @@ def network(cfg: Config, meta: bool = False) -> nn.Module:
             model = build_model(cfg.model)
     elif cfg.lora.base:
         base_cfg, model = base_model(cfg)
-        if base_cfg.model != cfg.model:  # a student with a step input its teacher lacks
+        if base_cfg.model != cfg.model:  # a step input or block-causal attention it lacks
             model = _with_step_input(cfg.model, model)
         model.train()
     else:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from univid.device import autocast, autocast_dtype, pick_device
 from univid.errors import InputError
 from univid.flow import SOLVERS, Given, guided, ode_sample
 from univid.given import frames_from, to_given
-from univid.limits import LORA_SCALE, NUM_VIDEOS, SEED
+from univid.limits import LORA_SCALE, NUM_VIDEOS, SEED, STREAM_FRAMES
 from univid.memory import check_fits, generation
 from univid.step_cache import StepCache
+from univid.stream import StreamSettings, stream_latents
 from univid.text import TextEncoder
 from univid.text.clean import clean_text
 from univid.video import to_uint8
@@ -246,25 +248,15 @@ class Pipeline:
         :func:`univid.given.frames_from`); they are kept fixed and returned as they are.
         """
         flow, data = self.config.flow, self.config.data
-        steps = flow.sample_steps if num_steps is None else num_steps
-        scale = flow.guidance if guidance_scale is None else guidance_scale
-        shift = flow.shift if shift is None else shift
-        solver = flow.solver if solver is None else solver
         threshold = flow.step_cache if step_cache is None else step_cache
-        for name, value, key in (
-            ("num_steps", steps, "flow.sample_steps"),
-            ("guidance_scale", scale, "flow.guidance"),
-            ("shift", shift, "flow.shift"),
-            ("step_cache", threshold, "flow.step_cache"),
-        ):
-            RANGES[key].check(name, value)
-        if solver not in SOLVERS:
-            raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
+        RANGES["flow.step_cache"].check("step_cache", threshold)
+        steps, scale, solver, shift = self._sampling(
+            num_steps, guidance_scale, solver, shift, threshold
+        )
         if len(seeds) != len(prompts):
             raise InputError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
         for s in seeds:
             SEED.check("seed", s)
-        check_student(self.config, steps, scale, solver, shift, threshold)
         prompts = [check_prompt(p) for p in prompts]
         check_fits(generation(self.config, len(prompts)), self.device, "sampling")
         latent = self.autoencoder.latent_shape(data.frames, data.height, data.width)
@@ -299,6 +291,128 @@ class Pipeline:
             for index, image in frames.items():
                 video[index] = image
         return videos
+
+    def stream(
+        self,
+        prompt: str,
+        frames: int,
+        seed: int = 0,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        prompt_at: Mapping[int, str] | None = None,
+        progress: bool = False,
+        **settings: Any,
+    ) -> Iterator[np.ndarray]:
+        """Yield the uint8 (H, W, 3) frames of a ``frames``-long video as they are made, chunk
+        by chunk (streaming models, ``model.chunk`` > 0). ``prompt_at`` maps frame indices to
+        prompts that take over from the first chunk starting there or later; other
+        ``settings`` are those of :meth:`stream_batch`."""
+        bar = tqdm(total=frames, desc="generating", unit="frame", disable=not progress)
+        schedule = {0: [prompt], **{f: [p] for f, p in (prompt_at or {}).items()}}
+        try:
+            for chunk in self.stream_batch(
+                schedule, [seed], frames, num_steps, guidance_scale, **settings
+            ):
+                yield from chunk[0]
+                bar.update(len(chunk[0]))
+        finally:
+            bar.close()
+
+    @torch.no_grad()
+    def stream_batch(
+        self,
+        prompts: Mapping[int, Sequence[str]],
+        seeds: Sequence[int],
+        frames: int,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        solver: str | None = None,
+        shift: float | None = None,
+        context_time: float | None = None,
+        kv_cache: bool = True,
+    ) -> Iterator[np.ndarray]:
+        """Stream one video per seed, in one batch: yields uint8 chunks (N, f, H, W, 3) until
+        ``frames`` frames are out. ``prompts`` maps frames to prompt lists (one per video),
+        {0: [...]} at least: each holds from the first chunk that starts at or after its
+        frame; ``context_time`` (default
+        ``stream.context_time``) is the time the context is given at; ``kv_cache=False``
+        recomputes the context at every step (the same video, slower)."""
+        cfg = self.config
+        steps, scale, solver, shift = self._sampling(num_steps, guidance_scale, solver, shift)
+        if not cfg.model.chunk:
+            raise InputError(
+                f"this model makes clips of {cfg.data.frames} frames; streaming any length "
+                "needs a block-causal model (model.chunk > 0), e.g. the bundled shapes-long"
+            )
+        STREAM_FRAMES.check("frames", frames)
+        for s in seeds:
+            SEED.check("seed", s)
+        if 0 not in prompts or any(len(p) != len(seeds) for p in prompts.values()):
+            raise InputError("prompts need an entry at frame 0 and one prompt per seed in each")
+        settings = StreamSettings(steps, scale, solver, shift, cfg.stream.context_time, kv_cache)
+        if context_time is not None:
+            RANGES["stream.context_time"].check("context_time", context_time)
+            settings = replace(settings, context_time=context_time)
+        data, model = cfg.data, cfg.model
+        per_chunk = model.chunk * model.patch[0]
+        t, h, w = self.autoencoder.latent_shape(per_chunk, data.height, data.width)
+        if t != per_chunk:
+            raise InputError("streaming needs an autoencoder without temporal compression")
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+
+        def noise(n: int) -> torch.Tensor:
+            shape = (model.in_channels, n, h, w)
+            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+
+        starts = sorted(prompts)
+        encoded = {}
+        for f in starts:
+            texts = [check_prompt(p) for p in prompts[f]]
+            encoded[f] = (
+                *self.text_encoder.encode(texts),
+                *self.text_encoder.encode([""] * len(texts)),
+            )
+
+        def texts(frame: int) -> tuple:
+            return encoded[max(f for f in starts if f <= frame)]
+
+        amp = autocast_dtype(self.precision, self.device)
+        made = 0
+        with speed.attention(self.model, self.attention), autocast(self.device, amp):
+            for x in stream_latents(self.model, texts, noise, frames, cfg.stream.window, settings):
+                if not bool(torch.isfinite(x).all()):
+                    raise InputError(f"sampling produced NaN or infinite values at frame {made}")
+                video = to_uint8(self.autoencoder.decode(x.float()))
+                yield video[:, : frames - made]
+                made += video.shape[1]
+                if made >= frames:
+                    return
+
+    def _sampling(
+        self,
+        num_steps: int | None,
+        guidance_scale: float | None,
+        solver: str | None,
+        shift: float | None,
+        step_cache: float = 0.0,
+    ) -> tuple[int, float, str, float]:
+        """(steps, guidance, solver, shift): the arguments given, else the config's ``flow``
+        section, checked (a student's limits too)."""
+        flow = self.config.flow
+        steps = flow.sample_steps if num_steps is None else num_steps
+        scale = flow.guidance if guidance_scale is None else guidance_scale
+        shift = flow.shift if shift is None else shift
+        solver = flow.solver if solver is None else solver
+        for name, value, key in (
+            ("num_steps", steps, "flow.sample_steps"),
+            ("guidance_scale", scale, "flow.guidance"),
+            ("shift", shift, "flow.shift"),
+        ):
+            RANGES[key].check(name, value)
+        if solver not in SOLVERS:
+            raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
+        check_student(self.config, steps, scale, solver, shift, step_cache)
+        return steps, scale, solver, shift
 
     def network(self, steps: int) -> Callable[..., torch.Tensor]:
         """The model as the sampler calls it: (x, t, text, mask) -> velocity; a student with a

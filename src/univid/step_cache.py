@@ -98,7 +98,11 @@ class CachedBlocks(DiTBlocks):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         text_len: int = 0,
+        past: list | None = None,
+        keep: list | None = None,
     ) -> torch.Tensor:
+        if past is not None or keep is not None:
+            raise ValueError("the step cache does not combine with a KV cache")
         if self.cache.should_skip(self.probe(seq, cond, text_len)):
             return seq + self.cache.residual
         out = super().forward(seq, cond, rope, mask, text_len)

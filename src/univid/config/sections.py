@@ -52,6 +52,10 @@ class ModelConfig:
     """dit: also condition on the sampler's step size (few-step students of ``univid distill``
     with ``distill.method=average``); its embedding starts at zero, so a model that gains it
     starts exactly as the model it came from."""
+    chunk: int = 0
+    """dit: block-causal attention over chunks of this many latent frames (a chunk sees the
+    caption, itself and earlier chunks, never later ones), for streaming generation of any
+    length with a KV cache (``stream`` section); 0 is full attention."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -260,6 +264,26 @@ class DistillConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class StreamConfig:
+    """Streaming (models with ``model.chunk`` > 0): a video of any length made chunk by chunk,
+    each chunk generated from a window of the frames before it."""
+
+    window: int = 12
+    """Latent frames of context each chunk is generated from (a multiple of model.chunk);
+    training clips are this window and one chunk (data.frames)."""
+    context_noise: float = 0.1
+    """Training: the context frames are noised to a time drawn uniformly in [0, context_noise],
+    so the model learns to read a context with the small errors of its own earlier chunks."""
+    context_time: float = 0.0
+    """Generation: the time the context frames are given at (re-noised to it); 0 gives them as
+    they were generated."""
+    start_share: float = 0.5
+    """Training (the bouncing world): the share of windows that open their clip, where a
+    generation begins with less context (0 .. window frames, uniformly); the others start later
+    in a clip and have the whole window as context."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Everything needed to rebuild a run."""
 
@@ -271,6 +295,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -291,6 +316,7 @@ SECTIONS: dict[str, type] = {
     "parallel": ParallelConfig,
     "lora": LoraConfig,
     "distill": DistillConfig,
+    "stream": StreamConfig,
 }
 
 # The conditioning modes: what a training sample's frames are given, and what `univid eval
@@ -309,7 +335,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.adaln": ("block", "shared"),
     "model.mlp": ("gelu", "swiglu"),
     "flow.time_sampling": ("logit_normal", "uniform"),
-    "data.dataset": ("shapes",),
+    "data.dataset": ("shapes", "bounce"),
     "data.prefetch": ("auto", "thread", "off"),
     "train.decay": ("constant", "cosine"),
     "parallel.mode": ("none", "ddp", "fsdp"),
@@ -408,6 +434,11 @@ RANGES: dict[str, Range] = {
     "distill.teacher_steps": Range(1, 10_000),
     "distill.max_steps": Range(1, 1_024),
     "distill.paths": Range(1, 10**8),
+    "model.chunk": Range(0, 10_000),
+    "stream.window": Range(0, 10_000),
+    "stream.context_noise": FRACTION,
+    "stream.context_time": FRACTION,
+    "stream.start_share": FRACTION,
 }
 
 
@@ -466,6 +497,29 @@ def _check_distill(cfg: Config) -> None:
         )
 
 
+def _check_stream(cfg: Config) -> None:
+    m, s = cfg.model, cfg.stream
+    if not m.chunk:
+        return
+    _check(
+        m.backbone == "dit", "model.chunk", "block-causal attention needs the dit backbone", m.chunk
+    )
+    _check(
+        s.window % m.chunk == 0,
+        "stream.window",
+        f"a multiple of model.chunk={m.chunk} (the context is whole chunks)",
+        s.window,
+    )
+    clip = s.window + m.chunk
+    _check(
+        cfg.data.frames == clip * m.patch[0],
+        "data.frames",
+        f"a streaming model trains on its window and one chunk: {clip} latent frames "
+        f"(stream.window + model.chunk) x model.patch[0] = {clip * m.patch[0]}",
+        cfg.data.frames,
+    )
+
+
 def _check_shapes(cfg: Config) -> None:
     m, d = cfg.model, cfg.data
     weights = [getattr(cfg.flow, f"mix_{mode}") for mode in MODES]
@@ -484,6 +538,7 @@ def _check_shapes(cfg: Config) -> None:
         m.step_input,
     )
     _check_distill(cfg)
+    _check_stream(cfg)
     _check(
         m.mlp_ratio * m.width >= 2,
         "model.mlp_ratio",

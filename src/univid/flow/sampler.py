@@ -153,6 +153,24 @@ def conditional(
     return lambda x, t: model(x, t, text, text_mask)
 
 
+def guidance_inputs(
+    text: torch.Tensor,
+    text_mask: torch.Tensor,
+    null_text: torch.Tensor,
+    null_mask: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The captions :func:`guided` runs the model on: the caption alone at ``scale`` 1, else
+    caption and empty caption stacked into one batch of 2B (padded to one length); the mask is
+    None when no caption has padding (checked once here, not at every step), so attention runs
+    without a mask."""
+    if scale != 1.0:
+        L = max(text.shape[1], null_text.shape[1])
+        text = torch.cat([_pad(text, L), _pad(null_text, L)])
+        text_mask = torch.cat([_pad(text_mask, L), _pad(null_mask, L)])
+    return text, None if bool(text_mask.all()) else text_mask
+
+
 def guided(
     model: Callable[..., torch.Tensor],
     text: torch.Tensor,
@@ -161,20 +179,12 @@ def guided(
     null_mask: torch.Tensor,
     scale: float,
 ) -> VelocityFn:
-    """Classifier-free guidance as a velocity field; both branches run in one batched forward.
-
-    ``null_text``/``null_mask`` (B, L0, D) encode the empty caption; they are padded to the
-    caption length so the two halves stack into one batch of 2B. When no caption has padding
-    the model gets ``None`` for the mask (checked once here, not at every step), so attention
-    runs without a mask.
-    """
+    """Classifier-free guidance as a velocity field; both branches run in one batched forward
+    on the captions of :func:`guidance_inputs`. ``null_text``/``null_mask`` (B, L0, D) encode
+    the empty caption."""
+    text_both, mask_both = guidance_inputs(text, text_mask, null_text, null_mask, scale)
     if scale == 1.0:
-        return conditional(model, text, None if bool(text_mask.all()) else text_mask)
-    L = max(text.shape[1], null_text.shape[1])
-    text_both = torch.cat([_pad(text, L), _pad(null_text, L)])
-    mask_both = torch.cat([_pad(text_mask, L), _pad(null_mask, L)])
-    if bool(mask_both.all()):
-        mask_both = None
+        return conditional(model, text_both, mask_both)
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         v_cond, v_uncond = model(torch.cat([x, x]), torch.cat([t, t]), text_both, mask_both).chunk(

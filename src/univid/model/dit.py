@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -105,7 +106,8 @@ class Attention(nn.Module):
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
     ) -> torch.Tensor:
-        """q, k, v (B, heads, N, head_dim); mask None or (B, 1, 1, N) bool, True = attend."""
+        """q (B, heads, N, head_dim), k and v (B, heads, M, head_dim) (M > N with a KV cache);
+        mask None or bool broadcastable to (B, 1, N, M), True = attend."""
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
@@ -178,12 +180,16 @@ class DiTBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         text_len: int = 0,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """x (B, N, D); cond is c (B, [G,] D), or the shared modulation (B, [G,] 6, D) for
         shared blocks, G = 1 + T' rows (caption, then each frame) when time is per frame;
-        rope the (cos, sin) tables (N, head_dim); mask None (attend everywhere) or
-        (B, 1, 1, N) bool, False = padding (never attended); text_len the caption tokens at
-        the front of x (used only with per-frame rows)."""
+        rope the (cos, sin) tables (N, head_dim); mask None (attend everywhere) or bool
+        (B, 1, 1 or N, M), False = never attended (padding, or a later chunk); text_len the
+        caption tokens at the front of x (used only with per-frame rows). ``past`` holds the
+        keys and values (B, heads, P, head_dim) of cached tokens before x (M = P + N);
+        ``keep`` collects this block's own (rotated keys, values)."""
         B, N, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation_of(cond).unbind(dim=-2)
 
@@ -192,6 +198,10 @@ class DiTBlock(nn.Module):
         q = apply_rope(self.q_norm(q), rope).transpose(1, 2)  # (B, heads, N, head_dim)
         k = apply_rope(self.k_norm(k), rope).transpose(1, 2)
         v = v.transpose(1, 2)
+        if keep is not None:
+            keep.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
         attn = self.attention(q, k, v, mask)
         x = gated(x, gate1, self.proj(attn.transpose(1, 2).reshape(B, N, D)), text_len)
         h = modulate(self.norm2(x), shift2, scale2, text_len)
@@ -208,10 +218,53 @@ class DiTBlocks(nn.ModuleList):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         text_len: int = 0,
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
-        for block in self:
-            seq = block(seq, cond, rope, mask, text_len)
+        for i, block in enumerate(self):
+            if past is None and keep is None:  # the plain call, what wrappers of a block expect
+                seq = block(seq, cond, rope, mask, text_len)
+            else:
+                seq = block(
+                    seq, cond, rope, mask, text_len, None if past is None else past[i], keep
+                )
         return seq
+
+
+@dataclass
+class KVCache:
+    """The keys and values of a context (the caption and earlier latent frames) for every
+    block, made once by :meth:`DiTStream.prefill` and read by each later forward that continues
+    it. Exact for a block-causal model: nothing in the context attends to what follows it."""
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per block (B, heads, P, head_dim), rotated
+    ids: torch.Tensor  # (P,) chunk of each cached token, -1 for the caption
+    pad: torch.Tensor | None  # (B, P) bool, False on caption padding; None when there is none
+    frames: int  # latent frames in the context: the next frame's position
+
+
+def chunk_ids(
+    text_len: int, frames: int, per_frame: int, first: int, chunk: int, device: torch.device
+) -> torch.Tensor:
+    """(text_len + frames * per_frame,) chunk index of each token of [text | video]: -1 for the
+    caption, (first + f) // chunk for the tokens of latent frame f."""
+    frame = torch.arange(first, first + frames, device=device).repeat_interleave(per_frame)
+    return torch.cat([torch.full((text_len,), -1, device=device), frame // chunk])
+
+
+def attention_mask(
+    query_ids: torch.Tensor | None, key_ids: torch.Tensor | None, pad: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Bool mask (B or 1, 1, N, M), True = attend: a token sees every key of its own chunk or an
+    earlier one (block-causal; the caption, chunk -1, sees only itself) when ``key_ids`` are
+    given, and never a padded key (``pad`` (B, M) False); None when nothing is masked."""
+    mask = None
+    if query_ids is not None and key_ids is not None:
+        mask = (key_ids[None, :] <= query_ids[:, None])[None, None]  # (1, 1, N, M)
+    if pad is not None:
+        padding = pad[:, None, None, :]  # (B, 1, 1, M): broadcast over heads and queries
+        mask = padding if mask is None else mask & padding
+    return mask
 
 
 class DiTStream(nn.Module):
@@ -239,6 +292,7 @@ class DiTStream(nn.Module):
         qk_norm: bool = True,
         rope_base: float = 10000.0,
         step_input: bool = False,
+        chunk: int = 0,
     ) -> None:
         super().__init__()
         head_dim = width // heads
@@ -253,6 +307,10 @@ class DiTStream(nn.Module):
         self.patch, self.width, self.head_dim = tuple(patch), width, head_dim
         self.prediction, self.min_time, self.rope_base = prediction, min_time, rope_base
         self.shared = adaln == "shared"
+        if chunk < 0:
+            raise ValueError(f"chunk must be >= 0 latent frames (0: full attention), got {chunk}")
+        # Block-causal attention over chunks of this many latent frames (0: every token sees all).
+        self.chunk = chunk
         patch_dim = in_channels * math.prod(patch)
         self.video_in = nn.Linear(patch_dim, width)
         self.text_norm = nn.LayerNorm(text_dim)
@@ -295,7 +353,9 @@ class DiTStream(nn.Module):
         """c = time embedding + projection of the mean of the real caption tokens: (B, D) for
         t (B,); for per-frame t (B, T') it is (B, 1 + T', D), row 1 + f for frame f's video
         tokens and row 0 for the caption tokens, which take the time of the noisiest frame
-        (the largest t: with every frame at one t that is the per-sample c, bit for bit).
+        (the largest t: with every frame at one t that is the per-sample c, bit for bit; in a
+        block-causal model the first frame's, so that the caption, which attends only to
+        itself, does not change with the frames that follow).
         A model with a step input adds the embedding of ``step`` (B,) to every row."""
         if text_mask is None:
             pooled = text.mean(1)
@@ -310,7 +370,8 @@ class DiTStream(nn.Module):
             raise ValueError("this model has no step input (model.step_input)")
         if t.ndim == 1:
             return self.time_embed(t) + pooled
-        rows = torch.cat([t.amax(1, keepdim=True), t], dim=1)  # (B, 1 + T')
+        caption = t[:, :1] if self.chunk else t.amax(1, keepdim=True)
+        rows = torch.cat([caption, t], dim=1)  # (B, 1 + T')
         return self.time_embed(rows) + pooled[:, None]
 
     def forward(
@@ -320,33 +381,87 @@ class DiTStream(nn.Module):
         text: torch.Tensor,
         text_mask: torch.Tensor | None,
         step: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """x (B, C, T, H, W); t (B,), or (B, T') with one time per latent frame (T' = T / pt,
         see :func:`check_time`); text (B, L, Dtext), text_mask (B, L) bool, True = real, or
         None when no caption has padding: then attention runs without any mask, which lets
         every fused kernel take it. ``step`` (B,): the sampler's step size, for a model with a
-        step input (None = 0: the velocity at t)."""
+        step input (None = 0: the velocity at t). ``cache`` (block-causal models): the context
+        made by :meth:`prefill`; x then holds only the frames that follow it, and the output
+        equals the last frames of one forward over the context and x together."""
         B, C, T, H, W = x.shape
-        pt, ph, pw = self.patch
-        grid = (T // pt, H // ph, W // pw)
-        check_time(t, B, grid[0])
-        L = text.shape[1]
-        text = self.text_norm(text)
-        c = self.condition(t, text, text_mask, step)
-        video = self.video_in(patchify(x, self.patch))
-        seq = torch.cat([self.text_in(text).to(video.dtype), video], dim=1)
-        mask = None
-        if text_mask is not None:  # (B, 1, 1, N): broadcast over heads and queries, never N x N
-            mask = torch.cat([text_mask, text_mask.new_ones(B, video.shape[1])], dim=1)
-            mask = mask[:, None, None, :]
-        angles = rope_angles(stream_positions(L, grid, x.device), self.head_dim, self.rope_base)
-        cos, sin = rope_tables(angles)
-        rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
-        cond = modulation(self.modulation, c).unflatten(-1, (MODULATIONS, -1)) if self.shared else c
-        seq = self.blocks(seq, cond, rope, mask, L)
+        seq, c, L = self.run_blocks(x, t, text, text_mask, step, cache, None)
         shift, scale = modulation(self.modulation_out, c).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(seq[:, L:]), shift, scale))
         out = unpatchify(out, self.patch, (C, T, H, W))
         if self.prediction == "velocity":
             return out
         return velocity_from_data(x, t, out, self.min_time)
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        step: torch.Tensor | None = None,
+    ) -> KVCache:
+        """The KV cache of the context [caption | x] (arguments as in :meth:`forward`, x may
+        have 0 frames): every block's keys and values, for forwards over the frames after it.
+        Only a block-causal model (``chunk`` > 0) has a context that later frames cannot
+        change."""
+        if not self.chunk:
+            raise ValueError("a KV cache needs block-causal attention (chunk > 0)")
+        keep: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.run_blocks(x, t, text, text_mask, step, None, keep)
+        frames = x.shape[2] // self.patch[0]
+        per_frame = (x.shape[3] // self.patch[1]) * (x.shape[4] // self.patch[2])
+        ids = chunk_ids(text.shape[1], frames, per_frame, 0, self.chunk, x.device)
+        pad = None
+        if text_mask is not None:
+            pad = torch.cat([text_mask, text_mask.new_ones(x.shape[0], frames * per_frame)], 1)
+        return KVCache(keep, ids, pad, frames)
+
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None,
+        step: torch.Tensor | None,
+        cache: KVCache | None,
+        keep: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Embed and run the blocks: (sequence out (B, L' + N, D), c, L' caption tokens in
+        it). Without a cache the sequence is [caption | video] (``keep`` collects each block's
+        keys and values); with one it is the video alone, placed after the cached frames."""
+        B, C, T, H, W = x.shape
+        pt, ph, pw = self.patch
+        grid = (T // pt, H // ph, W // pw)
+        check_time(t, B, grid[0])
+        text = self.text_norm(text)
+        c = self.condition(t, text, text_mask, step)
+        video = self.video_in(patchify(x, self.patch))
+        first = 0 if cache is None else cache.frames
+        if cache is not None and not self.chunk:
+            raise ValueError("a KV cache needs block-causal attention (chunk > 0)")
+        L = text.shape[1] if cache is None else 0  # a cache holds the caption's keys already
+        seq = torch.cat([self.text_in(text).to(video.dtype), video], dim=1) if L else video
+        ids = None
+        if self.chunk:
+            ids = chunk_ids(L, grid[0], grid[1] * grid[2], first, self.chunk, x.device)
+        pad = None
+        if text_mask is not None and cache is None:
+            pad = torch.cat([text_mask, text_mask.new_ones(B, video.shape[1])], dim=1)
+        elif cache is not None and cache.pad is not None:
+            pad = torch.cat([cache.pad, cache.pad.new_ones(B, video.shape[1])], dim=1)
+        key_ids = ids if cache is None or ids is None else torch.cat([cache.ids, ids])
+        mask = attention_mask(ids, key_ids, pad)
+        positions = stream_positions(L, grid, x.device, first)
+        cos, sin = rope_tables(rope_angles(positions, self.head_dim, self.rope_base))
+        rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
+        cond = modulation(self.modulation, c).unflatten(-1, (MODULATIONS, -1)) if self.shared else c
+        past = None if cache is None else cache.layers
+        return self.blocks(seq, cond, rope, mask, L, past, keep), c, L

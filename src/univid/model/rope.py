@@ -25,11 +25,16 @@ def rope_frequencies(dim: int, base: float = 10000.0, device: torch.device | Non
 
 
 def stream_positions(
-    text_len: int, grid: tuple[int, int, int], device: torch.device | None = None
+    text_len: int,
+    grid: tuple[int, int, int],
+    device: torch.device | None = None,
+    first_frame: int = 0,
 ) -> torch.Tensor:
-    """(text_len + T'*H'*W', 3) positions of the sequence [text | video], video in raster order."""
+    """(text_len + T'*H'*W', 3) positions of the sequence [text | video], video in raster order,
+    its frames numbered from ``first_frame`` (the frames after a KV cache's context)."""
     text = -(1.0 + torch.arange(text_len, dtype=torch.float64, device=device))
     axes = [torch.arange(n, dtype=torch.float64, device=device) for n in grid]
+    axes[0] = axes[0] + first_frame
     video = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)
     return torch.cat([text[:, None].expand(-1, 3), video])
 

@@ -26,7 +26,7 @@ from univid.data import BadSample
 from univid.data.buckets import BucketSampler, bucket_name
 from univid.data.cache import CacheDataset, CachedClip
 from univid.data.sampler import StreamSampler
-from univid.data.shapes import ShapesWorld
+from univid.data.shapes import BounceWorld, ShapesWorld
 from univid.errors import ConfigError
 from univid.flow import logit_normal, uniform
 from univid.parallel import Dist
@@ -191,7 +191,12 @@ class BatchPlan:
             video, caption = item[:2]
             x = torch.from_numpy(np.ascontiguousarray(video)).permute(3, 0, 1, 2)
             x = x.float() / 127.5 - 1.0
-        t, given = self.times(x.shape[1] // cfg.model.patch[0], position, gen)
+        frames = x.shape[1] // cfg.model.patch[0]
+        if cfg.model.chunk:  # a window's start in its clip, where the dataset says (4th item)
+            opens = state is not None or len(item) < 4 or item[3] == 0
+            t, given = self.stream_times(frames, opens, position, gen)
+        else:
+            t, given = self.times(frames, position, gen)
         noise = torch.randn(x.shape, generator=gen)
         return x, "" if drop else caption, state, t, given, noise, weight, skipped, None
 
@@ -249,6 +254,27 @@ class BatchPlan:
         elif mode == "interpolate":
             given[[0, -1]] = True
         return t.masked_fill(given, 0.0), given
+
+    def stream_times(
+        self, frames: int, opens: bool, position: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A streaming sample's per-frame times and frames without loss (``given``): k chunks
+        of context, then the chunk to generate at one drawn t, as in generation. A window
+        that ``opens`` its clip has k uniform in 0 .. window / chunk (the first chunks of a
+        video see less context); a later one the whole window. The context sits at a time
+        uniform in [0, stream.context_noise]; chunks after the generated one (when k is
+        short of the window) are pure noise without loss, which block-causal attention hides
+        from it."""
+        chunk, s = self.cfg.model.chunk, self.cfg.stream
+        rng = np.random.default_rng([self.cfg.train.seed, position, 2])
+        k = int(rng.integers(0, s.window // chunk + 1)) if opens else s.window // chunk
+        context, end = k * chunk, (k + 1) * chunk
+        t = self.draw_time(1, gen).expand(frames).clone()
+        t[:context] = float(rng.uniform(0.0, s.context_noise))
+        t[end:] = 1.0
+        given = torch.ones(frames, dtype=torch.bool)
+        given[context:end] = False
+        return t, given
 
     def draw_time(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """n flow times from the configured distribution."""
@@ -327,6 +353,10 @@ def open_dataset(cfg: Config, dataset: Any = None) -> tuple[Config, Any, str | N
         dataset = CacheDataset(cfg.data.cache)
         cfg, note = config_for_cache(cfg, dataset)
         return cfg, dataset, note
+    if dataset is None and cfg.data.dataset == "bounce":
+        d = cfg.data
+        share = cfg.stream.start_share
+        dataset = BounceWorld(d.frames, d.height, d.width, seed=cfg.train.seed, start_share=share)
     if dataset is None:
         d = cfg.data
         dataset = ShapesWorld(

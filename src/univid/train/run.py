@@ -192,14 +192,19 @@ def start_or_resume(
 def finetune(base: str, overrides: list[str], out: str) -> dict[str, Any]:
     """What ``univid finetune BASE --out DIR [key=value ...]`` does: a new run in DIR whose
     config is BASE's with ``lora.base=BASE`` and the overrides (``lora.rank=0`` trains every
-    weight instead of adapters). The model section is BASE's; its weights' hash is recorded.
+    weight instead of adapters). The model section is BASE's (``model.chunk`` may be set: a
+    streaming model from a full-attention one); its weights' hash is recorded.
     A fine-tuning run is resumed like any other: ``univid train --resume DIR``."""
     from univid.build import load_model_dir
     from univid.lora import record_base, resolve_base
 
     base_cfg, _ = load_model_dir(base)
-    if any(o.split("=", 1)[0].startswith(("model.", "lora.base")) for o in overrides):
-        raise InputError("model.* and lora.base come from BASE; they cannot be overridden")
+    keys = [o.split("=", 1)[0] for o in overrides]
+    # model.chunk adds no weights: a streaming model starts from a full-attention one.
+    if any(k.startswith(("model.", "lora.base")) and k != "model.chunk" for k in keys):
+        raise InputError(
+            "model.* (but model.chunk) and lora.base come from BASE; they cannot be overridden"
+        )
     cfg = apply_overrides(base_cfg, [f"lora.base={resolve_base(base)}", *overrides])
     cfg = record_base(cfg)  # a base it cannot adapt fails before the run folder is made
     run_dir = _folder(out)

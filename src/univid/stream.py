@@ -1,0 +1,107 @@
+"""Streaming generation: a video of any length, made chunk by chunk by a block-causal model.
+
+Each chunk of ``model.chunk`` latent frames is sampled by the ODE from its own noise, conditioned
+on the caption and on the last ``stream.window`` latent frames made before it, the way the model
+was trained: the context sits at positions 0 .. window - 1 and at time ``stream.context_time``
+(re-noised to it), the chunk right after it. Positions never grow with the video's length, so
+the 512th frame is made like the 16th, and nothing but the window is kept: memory is flat.
+
+Nothing in the context attends to the chunk (block-causal attention), so the context's keys and
+values are the same at every step of the chunk's ODE: they are computed once per chunk (the KV
+cache, :meth:`univid.model.DiTStream.prefill`) and every step runs the chunk's tokens alone
+against them. ``kv_cache=False`` runs the context with the chunk at every step instead, the
+reference that the cache must equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from univid.flow import guidance_inputs, guided, ode_sample
+
+TextFn = Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """How each chunk is sampled."""
+
+    steps: int
+    guidance: float
+    solver: str = "euler"
+    shift: float = 1.0
+    context_time: float = 0.0
+    kv_cache: bool = True
+
+
+def chunk_network(
+    model: torch.nn.Module,
+    context: torch.Tensor | None,
+    text: torch.Tensor,
+    mask: torch.Tensor | None,
+    s: StreamSettings,
+) -> Callable[..., torch.Tensor]:
+    """The model as the sampler calls it for one chunk: (x, t, text, mask) -> velocity of the
+    chunk's frames, with ``context`` (B, C, Tc, h, w) at ``s.context_time`` before them (None:
+    the first chunk, alone with its caption). ``text``/``mask`` are the captions the guided
+    sampler passes (:func:`univid.flow.guidance_inputs`), so a cache made from them holds
+    both branches."""
+    if context is None:
+        return model
+    pt = model.patch[0]
+    frames = context.shape[2] // pt
+    repeat = text.shape[0] // context.shape[0]  # 2 with guidance: both branches see it
+    context = context.repeat(repeat, 1, 1, 1, 1)
+    t_context = context.new_full((context.shape[0], frames), s.context_time)
+    if s.kv_cache:
+        cache = model.prefill(context, t_context, text, mask)
+
+        def cached(x: torch.Tensor, t: torch.Tensor, text_: torch.Tensor, mask_: object):
+            return model(x, t, text_, mask_, cache=cache)
+
+        return cached
+
+    def recomputed(x: torch.Tensor, t: torch.Tensor, text_: torch.Tensor, mask_: object):
+        times = torch.cat([t_context, t[:, None].expand(-1, x.shape[2] // pt)], dim=1)
+        out = model(torch.cat([context, x], dim=2), times, text_, mask_)
+        return out[:, :, context.shape[2] :]
+
+    return recomputed
+
+
+@torch.no_grad()
+def stream_latents(
+    model: torch.nn.Module,
+    texts: TextFn,
+    noise: Callable[[int], torch.Tensor],
+    frames: int,
+    window: int,
+    s: StreamSettings,
+) -> Iterator[torch.Tensor]:
+    """Latent chunks (B, C, chunk * pt, h, w) one after another until ``frames`` latent frames
+    (time steps of the latent video, a multiple of the chunk's) are made.
+
+    ``texts(frame)`` gives (caption, mask, empty caption, its mask) for the chunk starting at
+    latent frame ``frame`` (a new prompt may start anywhere); ``noise(n)`` the next n frames of
+    each video's own noise stream; ``window`` the context in latent frames (model's units of
+    ``model.chunk``, times ``model.patch[0]`` here)."""
+    pt = model.patch[0]
+    step, keep = model.chunk * pt, window * pt
+    made: torch.Tensor | None = None
+    for start in range(0, frames, step):
+        x = noise(step)
+        if made is not None and s.context_time > 0:
+            t = s.context_time
+            context = (1 - t) * made + t * noise(made.shape[2])
+        else:
+            context = made
+        text, mask, null, null_mask = texts(start)
+        both, both_mask = guidance_inputs(text, mask, null, null_mask, s.guidance)
+        network = chunk_network(model, context, both, both_mask, s)
+        velocity = guided(network, text, mask, null, null_mask, s.guidance)
+        x = ode_sample(velocity, x, s.steps, s.solver, s.shift)
+        yield x
+        made = x if made is None else torch.cat([made, x], dim=2)[:, :, -keep:]
