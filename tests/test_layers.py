@@ -3,8 +3,8 @@
     model, flow (import only torch)  <-  build, lora  <-  speed, parallel  <-  data, pipeline
         <-  train, eval, demo  <-  cli
 
-The core modules (errors, files, config, device, text, autoencoder, video) sit beside model and
-flow at the bottom; imports inside functions count like the others.
+The core modules (errors, files, config, device, text, autoencoder, video, stream_out) sit beside
+model and flow at the bottom; imports inside functions count like the others.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ LAYERS = {
     "text": 0,
     "autoencoder": 0,
     "video": 0,
+    "stream_out": 0,
     "model": 0,
     "flow": 0,
     "build": 1,

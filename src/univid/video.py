@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from univid.errors import InputError
 from univid.files import atomic_write, writing
 from univid.limits import MAX_FRAME_SIDE
 
+if TYPE_CHECKING:  # torch only for the model's tensors: writing a stream of frames needs none
+    import torch
+
 FORMATS = (".gif", ".mp4", ".png", ".npy")
+# H.264 at near-lossless quality: the tiny flat-coloured frames of the shapes world stay exact
+# enough to judge after a round trip through the file.
+H264_OPTIONS = {"crf": "12"}
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Model-space video (B, C, T, H, W) in [-1, 1] (a torch tensor) -> uint8 (B, T, H, W, 3)."""
+    import torch
+
     x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 4, 1).cpu().numpy()
 
@@ -105,16 +113,27 @@ def _write(video: np.ndarray, path: Path, suffix: str, fps: int) -> None:
 def _write_mp4(video: np.ndarray, path: Path, fps: int) -> None:
     import av
 
-    # yuv420p needs even sizes; pad with black rather than fail.
-    T, H, W, _ = video.shape
-    video = np.pad(video, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))
+    video = even_size(video)
     with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = video.shape[2], video.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12"}
+        stream = h264_stream(container, fps, video.shape[-2], video.shape[-3], H264_OPTIONS)
         for frame in video:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def even_size(video: np.ndarray) -> np.ndarray:
+    """Pad (..., H, W, 3) frames with black to even sides: yuv420p needs them, and padding
+    beats failing on an odd size."""
+    H, W = video.shape[-3:-1]
+    return np.pad(video, [(0, 0)] * (video.ndim - 3) + [(0, H % 2), (0, W % 2), (0, 0)])
+
+
+def h264_stream(container: Any, fps: int, width: int, height: int, options: dict[str, str]) -> Any:
+    """Add a libx264 yuv420p video stream of ``width`` x ``height`` to an open PyAV container."""
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = width, height
+    stream.pix_fmt = "yuv420p"
+    stream.options = options
+    return stream
