@@ -15,8 +15,11 @@ from univid.files import atomic_write, writing
 from univid.model import DiTStream, EncoderStream
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUNDLED = ("shapes-tiny", "shapes-tiny-fast")
+BUNDLED = ("shapes-tiny", "shapes-tiny-fast", "shapes-long")
 DEFAULT_MODEL = BUNDLED[0]
+# The bundled streaming model (block-causal, any length): `univid generate --frames N` uses it
+# when no model is named.
+STREAMING_MODEL = "shapes-long"
 # The bundled few-step student of a bundled teacher (``univid distill``): what `univid generate`
 # uses when asked for few steps and no model.
 FEW_STEP_STUDENT = {"shapes-tiny": "shapes-tiny-fast"}

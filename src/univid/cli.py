@@ -29,6 +29,7 @@ from univid.cli_options import (
     add_prepare_options,
     add_sampling_options,
     add_speed_options,
+    add_stream_options,
     number,
 )
 from univid.config.sections import BUILTIN_AUTOENCODERS
@@ -106,7 +107,7 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> None:
+def _generate(args: argparse.Namespace) -> int | None:
     from univid.device import precision_note
     from univid.given import read_given
     from univid.pipeline import check_prompt, default_model
@@ -114,6 +115,8 @@ def _generate(args: argparse.Namespace) -> None:
 
     prompt = check_prompt(args.prompt)
     out = check_output_path(args.out)
+    if args.frames is not None or args.prompt_at:
+        return _generate_stream(args, prompt, out)
     if args.model is None:
         asked = (args.guidance, args.solver, args.shift, args.step_cache, args.lora)
         args.model, note = default_model(args.steps, any(a is not None for a in asked))
@@ -140,6 +143,54 @@ def _generate(args: argparse.Namespace) -> None:
     for video, path in zip(videos, paths):
         save_video(video, path, fps=pipe.config.data.fps, scale=args.scale)
         print(path)
+
+
+def _generate_stream(args: argparse.Namespace, prompt: str, out: Path) -> int:
+    """`generate --frames N`: a streaming model writes each chunk into ``out`` as it is made;
+    Ctrl-C or SIGTERM leave a playable file of what was made."""
+    from univid.build import STREAMING_MODEL
+    from univid.pipeline import check_prompt
+    from univid.stream_out import StreamStopped, terminate_as_interrupt, write_stream
+
+    if args.frames is None:
+        raise InputError("--prompt-at needs --frames (a streamed video)")
+    refused = {
+        "--num": args.num != 1,
+        "--step-cache": args.step_cache is not None,
+        "--image/--last-image/--frame/--video": bool(
+            args.image or args.last_image or args.frame or args.video
+        ),
+    }
+    for option, used in refused.items():
+        if used:
+            raise InputError(f"{option} does not combine with --frames (streamed generation)")
+    if args.model is None:
+        args.model = STREAMING_MODEL
+    pipe = _pipeline(args)
+    prompt_at = {}
+    for frame, text in args.prompt_at:
+        if not frame.isdigit():
+            raise InputError(f"--prompt-at FRAME must be a frame index >= 0, got {frame!r}")
+        prompt_at[int(frame)] = check_prompt(text)
+    frames = pipe.stream(
+        prompt,
+        frames=args.frames,
+        seed=args.seed,
+        num_steps=args.steps,
+        guidance_scale=args.guidance,
+        prompt_at=prompt_at,
+        solver=args.solver,
+        shift=args.shift,
+    )
+    fps = pipe.config.data.fps
+    try:
+        with terminate_as_interrupt():
+            write_stream(frames, out, fps=fps, scale=args.scale, total=args.frames, progress=True)
+    except StreamStopped as stop:
+        print(f"univid: {stop}", file=sys.stderr)
+        return 130
+    print(out)
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -314,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         help="bundled model name or model folder (default: shapes-tiny; with --steps 1, 2 or 4 "
-        "and no other sampling setting, its few-step student shapes-tiny-fast)",
+        "and no other sampling setting, its few-step student shapes-tiny-fast; with --frames, "
+        "the streaming model shapes-long)",
     )
     add_sampling_options(p)
     p.add_argument("--seed", type=number(limits.SEED), default=0)
@@ -328,6 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale", type=number(limits.SCALE), default=1, help="nearest-neighbour upscaling factor"
     )
     add_given_options(p)
+    add_stream_options(p)
     add_choice(p, "--device", DEVICES, default="auto")
     add_speed_options(p)
     p.set_defaults(func=_generate)

@@ -102,6 +102,24 @@ def add_given_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_stream_options(p: argparse.ArgumentParser) -> None:
+    """Streamed generation of any length (streaming models, model.chunk > 0)."""
+    p.add_argument(
+        "--frames",
+        type=number(limits.STREAM_FRAMES),
+        help="stream a video of this many frames, chunk by chunk, writing each as it is made "
+        "(.mp4 grows as you watch; Ctrl-C keeps what was made)",
+    )
+    p.add_argument(
+        "--prompt-at",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("FRAME", "PROMPT"),
+        help="with --frames: a new prompt from the first chunk at or after FRAME; repeatable",
+    )
+
+
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps", type=number("flow.sample_steps"), help="sampling steps (default: the model's)"

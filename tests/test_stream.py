@@ -1,0 +1,257 @@
+"""Streaming generation: block-causal attention, the KV cache, chunk-by-chunk sampling, memory
+that does not grow with the video, and `univid generate --frames` (SIGINT leaves a playable file).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from univid.build import build_model
+from univid.config import apply_overrides, resolve_config
+from univid.errors import InputError
+from univid.model.dit import DiTStream
+from univid.pipeline import Pipeline
+
+STREAMING = ["model.patch=1,4,4", "model.chunk=2", "stream.window=4", "data.frames=6"]
+
+
+def random_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every weight random: adaLN-Zero starts each block as the identity, where a token's output
+    depends on nothing else and every causality or cache test would pass trivially."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def tiny_dit(chunk: int = 2) -> DiTStream:
+    return random_model(
+        DiTStream(patch=(1, 4, 4), width=48, depth=2, heads=4, text_dim=16, chunk=chunk)
+    )
+
+
+def inputs(frames: int = 6, batch: int = 2):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, frames, 8, 8, generator=gen)
+    text = torch.randn(batch, 5, 16, generator=gen)
+    mask = torch.ones(batch, 5, dtype=torch.bool)
+    mask[0, 3:] = False  # padding in one caption
+    t = torch.rand(batch, frames, generator=gen)
+    return x, t, text, mask
+
+
+def test_kv_cache_equals_one_forward_over_context_and_chunk():
+    model = tiny_dit()
+    x, t, text, mask = inputs()
+    with torch.no_grad():
+        full = model(x, t, text, mask)
+        for context in (2, 4):  # one or two chunks cached
+            cache = model.prefill(x[:, :, :context], t[:, :context], text, mask)
+            part = model(x[:, :, context:], t[:, context:], text, mask, cache=cache)
+            torch.testing.assert_close(part, full[:, :, context:], rtol=1e-5, atol=1e-5)
+        # The cache is what the chunk reads: another context gives another output.
+        other = model.prefill(x[:, :, :4] + 1, t[:, :4], text, mask)
+        assert (
+            model(x[:, :, 4:], t[:, 4:], text, mask, cache=other) - full[:, :, 4:]
+        ).abs().max() > 0.1
+
+
+def test_block_causal_a_later_frame_cannot_change_an_earlier_chunk():
+    model = tiny_dit()
+    x, t, text, mask = inputs()
+    with torch.no_grad():
+        out = model(x, t, text, mask)
+        later = x.clone()
+        later[:, :, 5] += 3.0  # a frame of the last chunk (frames 4-5)
+        changed = model(later, t, text, mask)
+        assert torch.equal(changed[:, :, :4], out[:, :, :4])
+        assert (changed[:, :, 4] - out[:, :, 4]).abs().max() > 0.1  # its own chunk sees it
+        earlier = x.clone()
+        earlier[:, :, 0] += 3.0  # and a later chunk sees an earlier one
+        assert (model(earlier, t, text, mask)[:, :, 4:] - out[:, :, 4:]).abs().max() > 0.1
+        # Full attention (chunk 0) lets every frame see every other: the mask is what stops it.
+        full = tiny_dit(chunk=0)
+        assert (
+            full(later, t, text, mask)[:, :, :4] - full(x, t, text, mask)[:, :, :4]
+        ).abs().max() > 0.1
+    with pytest.raises(ValueError, match="block-causal"):
+        full.prefill(x[:, :, :2], t[:, :2], text, mask)
+
+
+@pytest.fixture(scope="module")
+def stream_pipe(text_encoder):
+    cfg = apply_overrides(resolve_config("tiny"), STREAMING)
+    pipe = Pipeline(random_model(build_model(cfg.model)), text_encoder, cfg)
+    pipe.precision = "fp32"
+    return pipe
+
+
+def stream(pipe: Pipeline, frames: int, **kwargs) -> np.ndarray:
+    return np.stack(list(pipe.stream("a red circle moving right", frames, **kwargs)))
+
+
+def test_stream_makes_exactly_the_frames_asked_for_seeded(stream_pipe):
+    video = stream(stream_pipe, 9, seed=3)
+    assert video.shape == (9, 16, 16, 3) and video.dtype == np.uint8
+    assert np.array_equal(video, stream(stream_pipe, 9, seed=3))
+    assert not np.array_equal(video, stream(stream_pipe, 9, seed=4))
+    # A longer video starts with the same frames: a chunk never depends on what follows.
+    assert np.array_equal(stream(stream_pipe, 13, seed=3)[:9], video)
+
+
+def test_stream_kv_cache_equals_recomputing_the_context(stream_pipe):
+    cached = stream_pipe.stream_batch({0: ["a cat", "a dog"]}, [1, 2], 12)
+    recomputed = stream_pipe.stream_batch({0: ["a cat", "a dog"]}, [1, 2], 12, kv_cache=False)
+    a, b = np.concatenate(list(cached), 1), np.concatenate(list(recomputed), 1)
+    assert a.shape == (2, 12, 16, 16, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of equal floats
+    # A batch equals its videos made alone.
+    alone = np.concatenate(list(stream_pipe.stream_batch({0: ["a dog"]}, [2], 12)), 1)
+    assert np.abs(alone[0].astype(int) - a[1].astype(int)).max() <= 1
+
+
+def test_a_new_prompt_takes_over_from_its_chunk(stream_pipe):
+    base = stream(stream_pipe, 12, seed=0)
+    switched = stream(stream_pipe, 12, seed=0, prompt_at={6: "a blue square moving up"})
+    assert np.array_equal(base[:6], switched[:6])
+    assert not np.array_equal(base[6:], switched[6:])
+
+
+def live_tensor_bytes() -> int:
+    gc.collect()
+    return sum(o.nbytes for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+
+def test_memory_does_not_grow_with_length(stream_pipe):
+    """Live tensors while streaming: the most held at any chunk of a 60-frame video is what a
+    12-frame video holds (the window and one chunk), not five times as much."""
+
+    def peak(frames: int) -> int:
+        most = 0
+        for _ in stream_pipe.stream_batch({0: ["a cat"]}, [0], frames):
+            most = max(most, live_tensor_bytes())
+        return most
+
+    short, long = peak(12), peak(60)
+    assert long <= short * 1.01 + 4096, (short, long)
+
+
+def test_stream_refuses_what_it_cannot_do(stream_pipe, text_encoder):
+    with pytest.raises(InputError, match="frames"):
+        next(stream_pipe.stream("a cat", 0))
+    with pytest.raises(InputError, match="one prompt per seed"):
+        next(stream_pipe.stream_batch({0: ["a", "b"]}, [0], 8))
+    plain = resolve_config("tiny")
+    pipe = Pipeline(build_model(plain.model), text_encoder, plain)
+    with pytest.raises(InputError, match="model.chunk"):
+        next(pipe.stream("a cat", 8))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, stream_pipe) -> Path:
+    folder = tmp_path_factory.mktemp("streaming")
+    (folder / "config.json").write_text(stream_pipe.config.to_json())
+    save_file(
+        {k: v.contiguous() for k, v in stream_pipe.model.state_dict().items()},
+        folder / "model.safetensors",
+    )
+    return folder
+
+
+def univid(*args: str) -> list[str]:
+    return [sys.executable, "-m", "univid", *args]
+
+
+def frames_in(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_generate_frames_writes_a_streamed_mp4(model_dir, tmp_path):
+    out = tmp_path / "long.mp4"
+    run = subprocess.run(
+        univid(
+            "generate",
+            "a red circle moving right",
+            "--model",
+            str(model_dir),
+            "--frames",
+            "11",
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+            "--prompt-at",
+            "6",
+            "a blue square",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert frames_in(out) == 11
+    bad = subprocess.run(
+        univid(
+            "generate",
+            "x",
+            "--model",
+            str(model_dir),
+            "--frames",
+            "8",
+            "--num",
+            "2",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "--num does not combine with --frames" in bad.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_stream_leaves_a_playable_file(model_dir, tmp_path, sig):
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen(
+        univid(
+            "generate",
+            "a red circle moving right",
+            "--model",
+            str(model_dir),
+            "--frames",
+            "100000",
+            "--out",
+            str(out),
+            "--steps",
+            "25",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 4000):
+        time.sleep(0.2)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    made = frames_in(out)
+    assert 0 < made < 100000
+    assert f"{out.name} holds {made} frames" in err
