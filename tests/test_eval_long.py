@@ -178,6 +178,7 @@ def test_summary_pools_verdicts_and_plots_drift(tmp_path):
     seam = summary["seam"]
     assert seam["videos"] == 4 and seam["border_error"] < 0.2 and seam["inside_error"] < 0.2
     low, high = seam["difference_t95"]
+    assert type(low) is float and type(high) is float  # JSON-ready
     assert low <= seam["difference"] <= high
     drift = summary["drift"]
     assert all(len(drift[k]) == FRAMES for k in ("radius", "colour_error", "speed"))

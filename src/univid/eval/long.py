@@ -359,7 +359,7 @@ def _seam_statistics(verdicts: list[LongVerdict]) -> dict:
         "difference_t95": None,
     }
     if len(pairs) >= 2:
-        half = scipy_stats.t.ppf(0.975, len(pairs) - 1) * difference.std(ddof=1)
+        half = float(scipy_stats.t.ppf(0.975, len(pairs) - 1) * difference.std(ddof=1))
         half /= math.sqrt(len(pairs))
         result["difference_t95"] = [result["difference"] - half, result["difference"] + half]
     return result
