@@ -5,6 +5,7 @@ that does not grow with the video, and `univid generate --frames` (SIGINT leaves
 from __future__ import annotations
 
 import gc
+import json
 import os
 import signal
 import subprocess
@@ -255,3 +256,51 @@ def test_an_interrupted_stream_leaves_a_playable_file(model_dir, tmp_path, sig):
     made = frames_in(out)
     assert 0 < made < 100000
     assert f"{out.name} holds {made} frames" in err
+
+
+def test_eval_long_judges_streamed_videos(model_dir, tmp_path):
+    out = tmp_path / "long.json"
+    run = subprocess.run(
+        univid(
+            "eval",
+            "--mode",
+            "long",
+            "--model",
+            str(model_dir),
+            "--frames",
+            "16",
+            "--seeds",
+            "1",
+            "--prompts",
+            "novel",
+            "--batch-size",
+            "44",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["videos"] == len(report["items"]) == 44
+    assert report["settings"]["frames"] == 16 and report["settings"]["chunk"] == 2
+    # A random network draws no object: the strict judge fails every video, and says why.
+    assert report["right"] == 0 and all(item["failure"] for item in report["items"])
+    assert out.with_suffix(".png").stat().st_size > 0  # the drift plot
+    assert frames_in_gif(out.with_name("long-failures.gif")) == 16
+    plain = subprocess.run(
+        univid("eval", "--mode", "long", "--model", "shapes-tiny", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert plain.returncode == 2 and "model.chunk" in plain.stderr
+
+
+def frames_in_gif(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.n_frames

@@ -32,7 +32,7 @@ from univid.cli_options import (
     add_stream_options,
     number,
 )
-from univid.config.sections import BUILTIN_AUTOENCODERS
+from univid.config.sections import BUILTIN_AUTOENCODERS, LONG_MODE
 from univid.errors import InputError, UnividError
 
 
@@ -206,6 +206,8 @@ def _eval(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     limits.SEED.check("--seed-offset + --seeds - 1", args.seed_offset + args.seeds - 1)
+    if args.mode == LONG_MODE:
+        return _eval_long(args, out, grid)
     report, videos = evaluate(
         _pipeline(args),
         model=str(args.model),
@@ -229,6 +231,36 @@ def _eval(args: argparse.Namespace) -> None:
         **report["settings"],
     }
     paths = {"report": str(out), "grid": str(grid), "failures_grid": failures and str(failures)}
+    print(json.dumps({**summary, **paths}))
+
+
+def _eval_long(args: argparse.Namespace, out: Path, grid: Path) -> None:
+    from univid.eval.long import plot_drift
+    from univid.eval.stream import evaluate_long
+    from univid.video import save_video, tile
+
+    report, failed = evaluate_long(
+        _pipeline(args),
+        model=str(args.model),
+        seeds=args.seeds,
+        seed_offset=args.seed_offset,
+        frames=args.frames,
+        steps=args.steps,
+        guidance=args.guidance,
+        solver=args.solver,
+        shift=args.shift,
+        batch_size=args.batch_size,
+        prompt_set=args.prompts,
+    )
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    plot_drift(report, grid)
+    failures = out.with_name(f"{out.stem}-failures.gif")
+    failures.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
+    if len(failed):
+        save_video(tile(failed), failures, fps=8, scale=4)
+    keys = ("mode", "videos", "right", "right_wilson95", "failures", "identity")
+    summary = {**{k: report[k] for k in keys}, "seam": report["seam"], **report["settings"]}
+    paths = {"report": str(out), "drift": str(grid), "failures": len(failed) and str(failures)}
     print(json.dumps({**summary, **paths}))
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from univid import limits
-from univid.config.sections import BUILTIN_AUTOENCODERS, EVAL_MODES, RANGES
+from univid.config.sections import BUILTIN_AUTOENCODERS, EVAL_MODES, LONG_FRAMES, LONG_MODE, RANGES
 from univid.data.shapes import PROMPT_SETS
 from univid.limits import Range
 
@@ -275,10 +275,17 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     add_choice(
         p,
         "--mode",
-        EVAL_MODES,
+        (*EVAL_MODES, LONG_MODE),
         default="t2v",
         help="what each video is given: nothing, frame 0, the first half of a held-out clip, "
-        "or its first and last frames",
+        f"or its first and last frames; or '{LONG_MODE}': a streamed video of --frames frames "
+        "(streaming models), judged whole",
+    )
+    p.add_argument(
+        "--frames",
+        type=number(limits.STREAM_FRAMES),
+        default=LONG_FRAMES,
+        help=f"--mode {LONG_MODE}: frames of each video",
     )
     add_choice(
         p,
@@ -301,7 +308,11 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=number(limits.BATCH), default=42, help="videos per sampling batch"
     )
     p.add_argument("--out", default="report.json", help="JSON report path")
-    p.add_argument("--grid", help="labelled grid image (default: report path with .png)")
+    p.add_argument(
+        "--grid",
+        help="labelled grid image, or with --mode long the drift plot (default: report path "
+        "with .png)",
+    )
     add_choice(p, "--device", DEVICES, default="auto")
     add_speed_options(p)
 

@@ -323,6 +323,9 @@ SECTIONS: dict[str, type] = {
 # --mode` measures (all but 'per_frame'); flow.mix_<mode> is each one's weight in training.
 MODES = ("t2v", "per_frame", "i2v", "extend", "interpolate")
 EVAL_MODES = tuple(m for m in MODES if m != "per_frame")
+# `univid eval --mode long`: streamed videos (streaming models) of LONG_FRAMES frames by default.
+LONG_MODE = "long"
+LONG_FRAMES = 256
 # Latent frames a mode needs: a given frame and one to generate; extension gives 2 or more.
 MODE_FRAMES = {"t2v": 1, "per_frame": 1, "i2v": 2, "extend": 3, "interpolate": 3}
 

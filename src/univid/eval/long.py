@@ -58,6 +58,8 @@ REFERENCE_CHUNKS = 2
 REFERENCE_FRAMES = 8
 # The start direction is read from the first moving step within this many frames.
 DIRECTION_FRAMES = 8
+# The shortest video judged: the start direction and one more window of frames after it.
+MIN_FRAMES = 2 * DIRECTION_FRAMES
 # A seam is a step above this multiple of the video's speed (the median step, clamped to the
 # world's SPEED_RANGE). The video's own speed, not the world's largest, since a jump of 5 px in a
 # video moving 1.5 px a frame is a seam, and 2 x 2.5 px would let it pass; clamped, so a video
@@ -230,10 +232,8 @@ def judge_long(
     """Judge one uint8 long video (T, H, W, 3) made ``chunk`` frames at a time against the
     prompt's colour, shape and start direction; the failure is the first of LONG_FAILURES."""
     video = np.asarray(video)
-    if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < 2 * DIRECTION_FRAMES:
-        raise ValueError(
-            f"expected a (T >= {2 * DIRECTION_FRAMES}, H, W, 3) video, got {video.shape}"
-        )
+    if video.ndim != 4 or video.shape[-1] != 3 or video.shape[0] < MIN_FRAMES:
+        raise ValueError(f"expected a (T >= {MIN_FRAMES}, H, W, 3) video, got {video.shape}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     frames, height, width, _ = video.shape

@@ -1,0 +1,113 @@
+"""`univid eval --mode long`: stream a long video for every prompt and judge it whole.
+
+Every (prompt, seed) of the prompt set is streamed for ``frames`` frames (a batch at a time,
+:meth:`univid.pipeline.Pipeline.stream_batch`) and judged by :func:`univid.eval.long.judge_long`:
+the prompt's one object kept in 95 % of frames, the prompted start direction, no seam, the
+world's speed, and bounces only at walls. The report pools the verdicts
+(:func:`univid.eval.long.summarize_long`); the drift plot shows size, colour and speed against
+frame index. Videos are not kept beyond their batch unless asked for (``keep``), so memory stays
+that of one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from univid.config.sections import LONG_FRAMES
+from univid.device import autocast_dtype, precision_name
+from univid.errors import InputError
+from univid.eval.long import MIN_FRAMES, judge_long, summarize_long
+from univid.eval.report import EVAL_SEED_OFFSET, _plan
+
+
+def evaluate_long(
+    pipe: Any,
+    *,
+    model: str,
+    seeds: int,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    frames: int = LONG_FRAMES,
+    steps: int | None = None,
+    guidance: float | None = None,
+    solver: str | None = None,
+    shift: float | None = None,
+    context_time: float | None = None,
+    batch_size: int = 42,
+    progress: bool = True,
+    prompt_set: str = "world",
+    keep: int = 8,
+) -> tuple[dict, np.ndarray]:
+    """Judge ``seeds`` streamed videos of ``frames`` frames per prompt of ``prompt_set``.
+
+    Returns the report (the summary of :func:`summarize_long`, one row per video with its
+    failure and figures, and the settings) and the first ``keep`` videos that failed
+    (N, T, H, W, 3), to look at."""
+    if frames < MIN_FRAMES:
+        raise InputError(f"--mode long judges videos of {MIN_FRAMES} frames or more, not {frames}")
+    items = _plan(seeds, seed_offset, prompt_set)
+    chunk = pipe.config.model.chunk * pipe.config.model.patch[0]
+    verdicts, kept = [], []
+    bar = tqdm(total=len(items) * frames, desc="long eval", unit="frame", disable=not progress)
+    start = time.perf_counter()
+    for first in range(0, len(items), batch_size):
+        batch = items[first : first + batch_size]
+        parts = []
+        for part in pipe.stream_batch(
+            {0: [i["prompt"] for i in batch]},
+            [i["seed"] for i in batch],
+            frames,
+            steps,
+            guidance,
+            solver,
+            shift,
+            context_time,
+        ):
+            parts.append(part)
+            bar.update(part.shape[0] * part.shape[1])
+        videos = np.concatenate(parts, axis=1)
+        for item, video in zip(batch, videos):
+            verdicts.append(
+                judge_long(video, item["colour"], item["shape"], item["direction"], chunk)
+            )
+        kept.extend(videos[: max(0, keep - len(kept))])
+    bar.close()
+    seconds = time.perf_counter() - start
+    flow, stream = pipe.config.flow, pipe.config.stream
+    report = {
+        "mode": "long",
+        **summarize_long(verdicts, chunk),
+        "items": [
+            {
+                **item,
+                "failure": v.failure,
+                "identity": v.identity,
+                "speed": v.speed,
+                "max_step": v.max_step,
+                "reversals": v.reversals,
+            }
+            for item, v in zip(items, verdicts)
+        ],
+        "settings": {
+            "model": model,
+            "mode": "long",
+            "prompts": prompt_set,
+            "seeds": seeds,
+            "seed_offset": seed_offset,
+            "frames": frames,
+            "steps": steps or flow.sample_steps,
+            "guidance": flow.guidance if guidance is None else guidance,
+            "solver": solver or flow.solver,
+            "shift": flow.shift if shift is None else shift,
+            "context_time": stream.context_time if context_time is None else context_time,
+            "window": stream.window,
+            "chunk": chunk,
+            "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
+            "sampling_seconds": round(seconds, 2),
+        },
+    }
+    shape = (0, frames, pipe.config.data.height, pipe.config.data.width, 3)
+    return report, np.stack(kept) if kept else np.zeros(shape, np.uint8)
