@@ -10,6 +10,10 @@ the LoRA adapter, and the fully fine-tuned model (the runs of benchmarks/lora_co
 
 ``python docs/make_assets.py few_step`` makes ``few_step.gif``: four prompts (seed 0), a row
 each for the bundled teacher at 25 steps and its few-step student at 4, 2 and 1 steps.
+
+``python docs/make_assets.py stream`` makes ``stream.gif``: 256 frames streamed by the bundled
+streaming model ``shapes-long`` for four prompts (seed 0), and ``stream_prompt_at.gif``: one
+video whose prompt changes at frame 64.
 """
 
 import sys
@@ -89,7 +93,20 @@ def few_step_rows() -> None:
     print(save_video(grid, OUT / "few_step.gif", fps=teacher.config.data.fps))
 
 
+def stream_videos() -> None:
+    pipe = univid.Pipeline.from_pretrained("shapes-long", device="cpu")
+    fps = pipe.config.data.fps
+    chunks = pipe.stream_batch({0: PROMPTS[:4]}, [0] * 4, 256)
+    videos = np.concatenate(list(chunks), axis=1)  # (4, 256, H, W, 3)
+    print(save_video(tile(gutter(upscale(videos, 3))), OUT / "stream.gif", fps=fps))
+    switched = pipe.stream(PROMPTS[0], 128, prompt_at={64: PROMPTS[1]})
+    print(save_video(np.stack(list(switched)), OUT / "stream_prompt_at.gif", fps=fps, scale=3))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["stream"]:
+        stream_videos()
+        return
     if sys.argv[1:2] == ["lora"]:
         lora_rows(*sys.argv[2:4])
         return

@@ -30,6 +30,7 @@ LAYERS = {
     "lora": 1,
     "speed": 2,
     "step_cache": 2,
+    "stream": 2,
     "parallel": 2,
     "info": 2,
     "memory": 2,
