@@ -463,5 +463,7 @@ class DiTStream(nn.Module):
         cos, sin = rope_tables(rope_angles(positions, self.head_dim, self.rope_base))
         rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
         cond = modulation(self.modulation, c).unflatten(-1, (MODULATIONS, -1)) if self.shared else c
+        if cache is None and keep is None:  # the plain call, what a stand-in for the blocks takes
+            return self.blocks(seq, cond, rope, mask, L), c, L
         past = None if cache is None else cache.layers
         return self.blocks(seq, cond, rope, mask, L, past, keep), c, L
