@@ -11,7 +11,8 @@ and in the precision measured.
 (batch 1), and the seconds of each chunk along the longest; ``--plot PNG`` draws both.
 
 ``--quality``: ``univid eval --mode long`` (``--seeds`` per prompt from ``--seed-offset``) for
-each ``--context-times`` value and ``--guidance`` value.
+each ``--context-times`` value and ``--guidance`` value (the guidance of the chunks after the
+first, ``stream.guidance``).
 
     python benchmarks/stream.py --speed --model shapes-long > docs/stream_speed.jsonl
     python benchmarks/stream.py --memory --model shapes-long --plot docs/assets/stream_memory.png \\
@@ -174,7 +175,7 @@ def quality(args: argparse.Namespace) -> None:
                 seeds=args.seeds,
                 seed_offset=args.seed_offset,
                 frames=args.frames,
-                guidance=guidance,
+                context_guidance=guidance,
                 context_time=context_time,
                 steps=args.steps,
                 batch_size=args.batch_size,

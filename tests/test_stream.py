@@ -112,15 +112,27 @@ def test_stream_makes_exactly_the_frames_asked_for_seeded(stream_pipe):
     assert np.array_equal(stream(stream_pipe, 13, seed=3)[:9], video)
 
 
-def test_stream_kv_cache_equals_recomputing_the_context(stream_pipe):
-    cached = stream_pipe.stream_batch({0: ["a cat", "a dog"]}, [1, 2], 12)
-    recomputed = stream_pipe.stream_batch({0: ["a cat", "a dog"]}, [1, 2], 12, kv_cache=False)
-    a, b = np.concatenate(list(cached), 1), np.concatenate(list(recomputed), 1)
+@pytest.mark.parametrize("context_guidance", [1.0, 3.0])  # one branch, or both in one batch
+def test_stream_kv_cache_equals_recomputing_the_context(stream_pipe, context_guidance):
+    def video(prompts, seeds, **kwargs):
+        chunks = stream_pipe.stream_batch(
+            {0: prompts}, seeds, 12, context_guidance=context_guidance, **kwargs
+        )
+        return np.concatenate(list(chunks), 1)
+
+    a = video(["a cat", "a dog"], [1, 2])
+    b = video(["a cat", "a dog"], [1, 2], kv_cache=False)
     assert a.shape == (2, 12, 16, 16, 3)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of equal floats
     # A batch equals its videos made alone.
-    alone = np.concatenate(list(stream_pipe.stream_batch({0: ["a dog"]}, [2], 12)), 1)
+    alone = video(["a dog"], [2])
     assert np.abs(alone[0].astype(int) - a[1].astype(int)).max() <= 1
+    # The later chunks' guidance is what it says: another one gives another video.
+    other = np.concatenate(
+        list(stream_pipe.stream_batch({0: ["a dog"]}, [2], 12, context_guidance=2.0)), 1
+    )
+    assert np.array_equal(other[0, :2], alone[0, :2])  # the first chunk: flow.guidance
+    assert not np.array_equal(other[0, 2:], alone[0, 2:])
 
 
 def test_a_new_prompt_takes_over_from_its_chunk(stream_pipe):

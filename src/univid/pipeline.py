@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -330,13 +329,15 @@ class Pipeline:
         shift: float | None = None,
         context_time: float | None = None,
         kv_cache: bool = True,
+        context_guidance: float | None = None,
     ) -> Iterator[np.ndarray]:
         """Stream one video per seed, in one batch: yields uint8 chunks (N, f, H, W, 3) until
         ``frames`` frames are out. ``prompts`` maps frames to prompt lists (one per video),
         {0: [...]} at least: each holds from the first chunk that starts at or after its
         frame; ``context_time`` (default
-        ``stream.context_time``) is the time the context is given at; ``kv_cache=False``
-        recomputes the context at every step (the same video, slower)."""
+        ``stream.context_time``) is the time the context is given at; ``guidance_scale``
+        guides the first chunk, ``context_guidance`` (default ``stream.guidance``) the others;
+        ``kv_cache=False`` recomputes the context at every step (the same video, slower)."""
         cfg = self.config
         steps, scale, solver, shift = self._sampling(num_steps, guidance_scale, solver, shift)
         if not cfg.model.chunk:
@@ -349,10 +350,14 @@ class Pipeline:
             SEED.check("seed", s)
         if 0 not in prompts or any(len(p) != len(seeds) for p in prompts.values()):
             raise InputError("prompts need an entry at frame 0 and one prompt per seed in each")
-        settings = StreamSettings(steps, scale, solver, shift, cfg.stream.context_time, kv_cache)
-        if context_time is not None:
-            RANGES["stream.context_time"].check("context_time", context_time)
-            settings = replace(settings, context_time=context_time)
+        st = cfg.stream
+        context_time = st.context_time if context_time is None else context_time
+        context_guidance = st.guidance if context_guidance is None else context_guidance
+        RANGES["stream.context_time"].check("context_time", context_time)
+        RANGES["stream.guidance"].check("context_guidance", context_guidance)
+        settings = StreamSettings(
+            steps, scale, context_guidance, solver, shift, context_time, kv_cache
+        )
         data, model = cfg.data, cfg.model
         per_chunk = model.chunk * model.patch[0]
         t, h, w = self.autoencoder.latent_shape(per_chunk, data.height, data.width)

@@ -30,7 +30,8 @@ class StreamSettings:
     """How each chunk is sampled."""
 
     steps: int
-    guidance: float
+    guidance: float  # the first chunk's, made from the caption alone
+    context_guidance: float = 1.0  # every later chunk's, made from its context too
     solver: str = "euler"
     shift: float = 1.0
     context_time: float = 0.0
@@ -99,9 +100,10 @@ def stream_latents(
         else:
             context = made
         text, mask, null, null_mask = texts(start)
-        both, both_mask = guidance_inputs(text, mask, null, null_mask, s.guidance)
+        scale = s.guidance if made is None else s.context_guidance
+        both, both_mask = guidance_inputs(text, mask, null, null_mask, scale)
         network = chunk_network(model, context, both, both_mask, s)
-        velocity = guided(network, text, mask, null, null_mask, s.guidance)
+        velocity = guided(network, text, mask, null, null_mask, scale)
         x = ode_sample(velocity, x, s.steps, s.solver, s.shift)
         yield x
         made = x if made is None else torch.cat([made, x], dim=2)[:, :, -keep:]

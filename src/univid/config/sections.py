@@ -277,6 +277,10 @@ class StreamConfig:
     context_time: float = 0.0
     """Generation: the time the context frames are given at (re-noised to it); 0 gives them as
     they were generated."""
+    guidance: float = 1.0
+    """Generation: classifier-free guidance of every chunk after the first (the first, made from
+    the caption alone, takes flow.guidance). Guidance above 1 amplifies what each chunk adds to
+    its context, and objects grow chunk after chunk (docs/stream.md measures it)."""
     start_share: float = 0.5
     """Training (the bouncing world): the share of windows that open their clip, where a
     generation begins with less context (0 .. window frames, uniformly); the others start later
@@ -441,6 +445,7 @@ RANGES: dict[str, Range] = {
     "stream.window": Range(0, 10_000),
     "stream.context_noise": FRACTION,
     "stream.context_time": FRACTION,
+    "stream.guidance": Range(0, 1_000, real=True),
     "stream.start_share": FRACTION,
 }
 

@@ -36,6 +36,7 @@ def evaluate_long(
     solver: str | None = None,
     shift: float | None = None,
     context_time: float | None = None,
+    context_guidance: float | None = None,
     batch_size: int = 42,
     progress: bool = True,
     prompt_set: str = "world",
@@ -65,6 +66,7 @@ def evaluate_long(
             solver,
             shift,
             context_time,
+            context_guidance=context_guidance,
         ):
             parts.append(part)
             bar.update(part.shape[0] * part.shape[1])
@@ -103,6 +105,7 @@ def evaluate_long(
             "solver": solver or flow.solver,
             "shift": flow.shift if shift is None else shift,
             "context_time": stream.context_time if context_time is None else context_time,
+            "context_guidance": stream.guidance if context_guidance is None else context_guidance,
             "window": stream.window,
             "chunk": chunk,
             "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
