@@ -11,8 +11,8 @@ and in the precision measured.
 (batch 1), and the seconds of each chunk along the longest; ``--plot PNG`` draws both.
 
 ``--quality``: ``univid eval --mode long`` (``--seeds`` per prompt from ``--seed-offset``) for
-each ``--context-times`` value and ``--guidance`` value (the guidance of the chunks after the
-first, ``stream.guidance``).
+each ``--context-times``, ``--guidance`` (the first chunk's) and ``--context-guidance`` (the
+later chunks', ``stream.guidance``) value.
 
     python benchmarks/stream.py --speed --model shapes-long > docs/stream_speed.jsonl
     python benchmarks/stream.py --memory --model shapes-long --plot docs/assets/stream_memory.png \\
@@ -168,31 +168,24 @@ def quality(args: argparse.Namespace) -> None:
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
     for context_time in args.context_times:
-        for guidance in args.guidance or [None]:
-            report, _ = evaluate_long(
-                pipe,
-                model=args.model,
-                seeds=args.seeds,
-                seed_offset=args.seed_offset,
-                frames=args.frames,
-                context_guidance=guidance,
-                context_time=context_time,
-                steps=args.steps,
-                batch_size=args.batch_size,
-                progress=False,
-            )
-            keys = ("videos", "right", "right_wilson95", "failures", "identity", "seam")
-            print(
-                json.dumps(
-                    {
-                        "what": "long_quality",
-                        **{k: report[k] for k in keys},
-                        **report["settings"],
-                        **machine(),
-                    }
-                ),
-                flush=True,
-            )
+        for first in args.guidance or [None]:
+            for later in args.context_guidance or [None]:
+                report, _ = evaluate_long(
+                    pipe,
+                    model=args.model,
+                    seeds=args.seeds,
+                    seed_offset=args.seed_offset,
+                    frames=args.frames,
+                    guidance=first,
+                    context_guidance=later,
+                    context_time=context_time,
+                    steps=args.steps,
+                    batch_size=args.batch_size,
+                    progress=False,
+                )
+                keys = ("videos", "right", "right_wilson95", "failures", "identity", "seam")
+                row = {"what": "long_quality", **{k: report[k] for k in keys}}
+                print(json.dumps({**row, **report["settings"], **machine()}), flush=True)
 
 
 def main() -> None:
@@ -211,7 +204,8 @@ def main() -> None:
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int, default=42)
     p.add_argument("--context-times", type=float, nargs="+", default=[None])
-    p.add_argument("--guidance", type=float, nargs="+")
+    p.add_argument("--guidance", type=float, nargs="+", help="the first chunk's guidance")
+    p.add_argument("--context-guidance", type=float, nargs="+", help="the later chunks'")
     args = p.parse_args()
     if args.one_length:
         print(json.dumps(one_length(args.model, args.one_length)))

@@ -316,3 +316,22 @@ def frames_in_gif(path: Path) -> int:
 
     with Image.open(path) as image:
         return image.n_frames
+
+
+def test_stream_benchmark_runs_end_to_end(model_dir, tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "stream.py"
+    plot = tmp_path / "memory.png"
+    args = ["--speed", "--memory", "--model", str(model_dir), "--frames", "8", "--repeats", "1"]
+    run = subprocess.run(
+        [sys.executable, str(script), *args, "--lengths", "8", "16", "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(line) for line in run.stdout.splitlines()]
+    kinds = [r["what"] for r in rows]
+    assert kinds == ["stream", "stream", *["kv_cache_vs_recompute"] * 2, "memory", "memory"]
+    assert rows[0]["fps"] > 0 and rows[0]["realtime"] == rows[0]["fps"] / 8
+    assert rows[2]["precision"] == "fp32" and rows[2]["max_level_diff"] <= 1
+    assert [r["frames"] for r in rows[-2:]] == [8, 16] and plot.stat().st_size > 0
