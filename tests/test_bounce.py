@@ -129,3 +129,30 @@ def test_stream_settings_are_checked_in_one_line(overrides, key):
 
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         resolve_config("tiny", [*STREAM, *overrides])
+
+
+def test_bounce_world_windows_keep_the_clips_first_frames_as_anchor():
+    world = BounceWorld(frames=20, seed=4, start_share=0.5, anchor=4)
+    seen = set()
+    for i in range(40):
+        video, _, clip, start = world[i]
+        assert video.shape[0] == 20
+        assert np.array_equal(video[:4], render_frames(clip, range(4)))
+        assert np.array_equal(video[4:], render_frames(clip, range(4 + start, 20 + start)))
+        seen.add(start == 0)
+    assert seen == {True, False}  # windows that run on from the anchor, and later ones
+
+
+def test_stream_training_with_an_anchor():
+    from univid.train.batches import open_dataset
+
+    overrides = [*STREAM, "stream.anchor=2", "data.frames=8"]
+    cfg, dataset, _ = open_dataset(resolve_config("tiny", overrides))
+    assert dataset.anchor == 2
+    plan = BatchPlan(cfg, Dist(), dataset)
+    firsts = collections.defaultdict(set)
+    for position in range(200):
+        _, _, _, t, given, *_ = plan.sample(position, position)
+        generated = (~given).nonzero().flatten().tolist()
+        firsts[dataset[position][3] == 0].add(generated[0])
+    assert firsts == {True: {0, 2, 4, 6}, False: {6}}  # later windows: anchor + window first

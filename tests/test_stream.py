@@ -335,3 +335,50 @@ def test_stream_benchmark_runs_end_to_end(model_dir, tmp_path):
     assert rows[0]["fps"] > 0 and rows[0]["realtime"] == rows[0]["fps"] / 8
     assert rows[2]["precision"] == "fp32" and rows[2]["max_level_diff"] <= 1
     assert [r["frames"] for r in rows[-2:]] == [8, 16] and plot.stat().st_size > 0
+
+
+class Recorder(torch.nn.Module):
+    """A stand-in network that records the context of every chunk and returns velocity 0 (so
+    each chunk comes out as its noise, which tells the chunks apart)."""
+
+    patch, chunk = (1, 4, 4), 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.contexts: list[torch.Tensor] = []
+
+    def prefill(self, x, t, text, mask):
+        self.contexts.append(x)
+        return None
+
+    def forward(self, x, t, text, mask, cache=None):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("anchor", [0, 2])
+def test_each_chunk_sees_the_anchor_and_the_window_before_it(anchor):
+    from univid.stream import StreamSettings, stream_latents
+
+    model, gen = Recorder(), torch.Generator().manual_seed(0)
+    text = (torch.zeros(1, 3, 16), torch.ones(1, 3, dtype=torch.bool))
+    settings = StreamSettings(steps=2, guidance=1.0)
+    chunks = list(
+        stream_latents(
+            model,
+            lambda frame: (*text, *text),
+            lambda n: torch.randn(1, 3, n, 8, 8, generator=gen),
+            14,
+            4,
+            settings,
+            anchor,
+        )
+    )
+    video = torch.cat(chunks, dim=2)  # (1, 3, 14, 8, 8)
+    assert len(chunks) == 7 and len(model.contexts) == 6  # the first chunk has no context
+    for j, context in enumerate(model.contexts, start=1):
+        start = 2 * j
+        if start <= anchor + 4:  # the whole video so far
+            expected = video[:, :, :start]
+        else:
+            expected = torch.cat([video[:, :, :anchor], video[:, :, start - 4 : start]], dim=2)
+        assert torch.equal(context, expected), j

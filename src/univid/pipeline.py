@@ -384,7 +384,9 @@ class Pipeline:
         amp = autocast_dtype(self.precision, self.device)
         made = 0
         with speed.attention(self.model, self.attention), autocast(self.device, amp):
-            for x in stream_latents(self.model, texts, noise, frames, cfg.stream.window, settings):
+            for x in stream_latents(
+                self.model, texts, noise, frames, st.window, settings, st.anchor
+            ):
                 if not bool(torch.isfinite(x).all()):
                     raise InputError(f"sampling produced NaN or infinite values at frame {made}")
                 video = to_uint8(self.autoencoder.decode(x.float()))

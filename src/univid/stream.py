@@ -81,6 +81,7 @@ def stream_latents(
     frames: int,
     window: int,
     s: StreamSettings,
+    anchor: int = 0,
 ) -> Iterator[torch.Tensor]:
     """Latent chunks (B, C, chunk * pt, h, w) one after another until ``frames`` latent frames
     (time steps of the latent video, a multiple of the chunk's) are made.
@@ -88,10 +89,11 @@ def stream_latents(
     ``texts(frame)`` gives (caption, mask, empty caption, its mask) for the chunk starting at
     latent frame ``frame`` (a new prompt may start anywhere); ``noise(n)`` the next n frames of
     each video's own noise stream; ``window`` the context in latent frames (model's units of
-    ``model.chunk``, times ``model.patch[0]`` here)."""
+    ``model.chunk``, times ``model.patch[0]`` here), after the video's first ``anchor``
+    latent frames once the window has moved past them."""
     pt = model.patch[0]
-    step, keep = model.chunk * pt, window * pt
-    made: torch.Tensor | None = None
+    step, keep, first = model.chunk * pt, window * pt, anchor * pt
+    made: torch.Tensor | None = None  # the context: the anchor, then the last window frames
     for start in range(0, frames, step):
         x = noise(step)
         if made is not None and s.context_time > 0:
@@ -106,4 +108,6 @@ def stream_latents(
         velocity = guided(network, text, mask, null, null_mask, scale)
         x = ode_sample(velocity, x, s.steps, s.solver, s.shift)
         yield x
-        made = x if made is None else torch.cat([made, x], dim=2)[:, :, -keep:]
+        made = x if made is None else torch.cat([made, x], dim=2)
+        if made.shape[2] > first + keep:
+            made = torch.cat([made[:, :, :first], made[:, :, -keep:]], dim=2)

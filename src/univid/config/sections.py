@@ -269,8 +269,13 @@ class StreamConfig:
     each chunk generated from a window of the frames before it."""
 
     window: int = 12
-    """Latent frames of context each chunk is generated from (a multiple of model.chunk);
-    training clips are this window and one chunk (data.frames)."""
+    """Latent frames of context each chunk is generated from (a multiple of model.chunk):
+    the frames right before it; training clips are the anchor, this window and one chunk
+    (data.frames)."""
+    anchor: int = 0
+    """Latent frames at the start of the video that stay in every chunk's context, ahead of
+    the window (a multiple of model.chunk): they keep what the object looked like when the
+    window has long moved on, against drift. 0: the window alone."""
     context_noise: float = 0.1
     """Training: the context frames are noised to a time drawn uniformly in [0, context_noise],
     so the model learns to read a context with the small errors of its own earlier chunks."""
@@ -443,6 +448,7 @@ RANGES: dict[str, Range] = {
     "distill.paths": Range(1, 10**8),
     "model.chunk": Range(0, 10_000),
     "stream.window": Range(0, 10_000),
+    "stream.anchor": Range(0, 10_000),
     "stream.context_noise": FRACTION,
     "stream.context_time": FRACTION,
     "stream.guidance": Range(0, 1_000, real=True),
@@ -512,18 +518,19 @@ def _check_stream(cfg: Config) -> None:
     _check(
         m.backbone == "dit", "model.chunk", "block-causal attention needs the dit backbone", m.chunk
     )
-    _check(
-        s.window % m.chunk == 0,
-        "stream.window",
-        f"a multiple of model.chunk={m.chunk} (the context is whole chunks)",
-        s.window,
-    )
-    clip = s.window + m.chunk
+    for key, value in (("stream.window", s.window), ("stream.anchor", s.anchor)):
+        _check(
+            value % m.chunk == 0,
+            key,
+            f"a multiple of model.chunk={m.chunk} (the context is whole chunks)",
+            value,
+        )
+    clip = s.anchor + s.window + m.chunk
     _check(
         cfg.data.frames == clip * m.patch[0],
         "data.frames",
-        f"a streaming model trains on its window and one chunk: {clip} latent frames "
-        f"(stream.window + model.chunk) x model.patch[0] = {clip * m.patch[0]}",
+        f"a streaming model trains on its anchor, window and one chunk: {clip} latent frames "
+        f"(stream.anchor + stream.window + model.chunk) x model.patch[0] = {clip * m.patch[0]}",
         cfg.data.frames,
     )
 

@@ -310,7 +310,7 @@ def sample_bounce(
 
 
 def render_frames(
-    clip: ShapeClip | BounceClip, frames: range, height: int = 32, width: int = 32
+    clip: ShapeClip | BounceClip, frames: range | list[int], height: int = 32, width: int = 32
 ) -> np.ndarray:
     """Render the frames ``frames`` of a bouncing ``clip`` as uint8 (len(frames), H, W, 3)."""
     colour = np.asarray(ALL_COLOURS[clip.colour], dtype=np.float32)
@@ -323,12 +323,13 @@ def render_frames(
 
 class BounceWorld:
     """The bouncing world as training windows: ``world[i]`` is ``(video uint8 (frames, H, W,
-    3), caption, clip, start)``, frames ``start .. start + frames - 1`` of a clip of
-    CLIP_FRAMES frames, all drawn from ``(seed, i)``.
+    3), caption, clip, start)``, drawn from ``(seed, i)``: the clip's first ``anchor`` frames,
+    then ``frames - anchor`` frames from ``anchor + start`` on, of a clip of CLIP_FRAMES frames.
 
     The caption names the clip's start direction, as a prompt does; later windows move either
-    way. ``start_share`` of the windows open their clip (start 0), where a long generation
-    begins with less context; the rest start anywhere else in it.
+    way. ``start_share`` of the windows open their clip (start 0: the frames run on from the
+    anchor without a gap), where a long generation begins with less context; the rest start
+    anywhere later in it.
     """
 
     def __init__(
@@ -338,11 +339,12 @@ class BounceWorld:
         width: int = 32,
         seed: int = 0,
         start_share: float = 0.35,
+        anchor: int = 0,
     ) -> None:
-        if not 1 <= frames <= CLIP_FRAMES[0]:
+        if not 1 <= frames - anchor <= CLIP_FRAMES[0] - anchor or anchor < 0:
             raise ValueError(f"windows must be 1..{CLIP_FRAMES[0]} frames, got {frames}")
         self.frames, self.height, self.width, self.seed = frames, height, width, seed
-        self.start_share = start_share
+        self.start_share, self.anchor = start_share, anchor
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str, BounceClip, int]:
         rng = np.random.default_rng([self.seed, index])
@@ -352,5 +354,6 @@ class BounceWorld:
         start = 0
         if rng.random() >= self.start_share:
             start = int(rng.integers(1, length - self.frames + 1))
-        window = range(start, start + self.frames)
+        first = self.anchor + start
+        window = [*range(self.anchor), *range(first, first + self.frames - self.anchor)]
         return render_frames(clip, window, self.height, self.width), text, clip, start

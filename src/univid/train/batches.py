@@ -260,14 +260,15 @@ class BatchPlan:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A streaming sample's per-frame times and frames without loss (``given``): k chunks
         of context, then the chunk to generate at one drawn t, as in generation. A window
-        that ``opens`` its clip has k uniform in 0 .. window / chunk (the first chunks of a
-        video see less context); a later one the whole window. The context sits at a time
-        uniform in [0, stream.context_noise]; chunks after the generated one (when k is
-        short of the window) are pure noise without loss, which block-causal attention hides
-        from it."""
+        that ``opens`` its clip has k uniform in 0 .. (anchor + window) / chunk (the first
+        chunks of a video see less context); a later one the anchor and the whole window.
+        The context sits at a time uniform in [0, stream.context_noise]; chunks after the
+        generated one (when k is short of the window) are pure noise without loss, which
+        block-causal attention hides from it."""
         chunk, s = self.cfg.model.chunk, self.cfg.stream
         rng = np.random.default_rng([self.cfg.train.seed, position, 2])
-        k = int(rng.integers(0, s.window // chunk + 1)) if opens else s.window // chunk
+        full = (s.anchor + s.window) // chunk
+        k = int(rng.integers(0, full + 1)) if opens else full
         context, end = k * chunk, (k + 1) * chunk
         t = self.draw_time(1, gen).expand(frames).clone()
         t[:context] = float(rng.uniform(0.0, s.context_noise))
@@ -356,7 +357,10 @@ def open_dataset(cfg: Config, dataset: Any = None) -> tuple[Config, Any, str | N
     if dataset is None and cfg.data.dataset == "bounce":
         d = cfg.data
         share = cfg.stream.start_share
-        dataset = BounceWorld(d.frames, d.height, d.width, seed=cfg.train.seed, start_share=share)
+        anchor = cfg.stream.anchor * cfg.model.patch[0]
+        dataset = BounceWorld(
+            d.frames, d.height, d.width, cfg.train.seed, start_share=share, anchor=anchor
+        )
     if dataset is None:
         d = cfg.data
         dataset = ShapesWorld(

@@ -205,7 +205,9 @@ def finetune(base: str, overrides: list[str], out: str) -> dict[str, Any]:
         raise InputError(
             "model.* (but model.chunk) and lora.base come from BASE; they cannot be overridden"
         )
-    cfg = apply_overrides(base_cfg, [f"lora.base={resolve_base(base)}", *overrides])
+    # A base that was itself fine-tuned records its own base's hash: this run records BASE's.
+    base_keys = [f"lora.base={resolve_base(base)}", "lora.base_sha256="]
+    cfg = apply_overrides(base_cfg, [*base_keys, *overrides])
     cfg = record_base(cfg)  # a base it cannot adapt fails before the run folder is made
     run_dir = _folder(out)
     with run_lock(run_dir):
