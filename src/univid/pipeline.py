@@ -332,33 +332,23 @@ class Pipeline:
         context_guidance: float | None = None,
     ) -> Iterator[np.ndarray]:
         """Stream one video per seed, in one batch: yields uint8 chunks (N, f, H, W, 3) until
-        ``frames`` frames are out. ``prompts`` maps frames to prompt lists (one per video),
-        {0: [...]} at least: each holds from the first chunk that starts at or after its
-        frame; ``context_time`` (default
-        ``stream.context_time``) is the time the context is given at; ``guidance_scale``
-        guides the first chunk, ``context_guidance`` (default ``stream.guidance``) the others;
-        ``kv_cache=False`` recomputes the context at every step (the same video, slower)."""
+        ``frames`` frames are out.
+
+        ``prompts`` maps frames to prompt lists (one per video), {0: [...]} at least: each
+        holds from the first chunk that starts at or after its frame. ``guidance_scale`` guides
+        the first chunk, ``context_guidance`` (default ``stream.guidance``) the others;
+        ``context_time`` (default ``stream.context_time``) is the time the context is given
+        at; ``kv_cache=False`` recomputes the context at every step (the same video, slower).
+        """
         cfg = self.config
-        steps, scale, solver, shift = self._sampling(num_steps, guidance_scale, solver, shift)
-        if not cfg.model.chunk:
-            raise InputError(
-                f"this model makes clips of {cfg.data.frames} frames; streaming any length "
-                "needs a block-causal model (model.chunk > 0), e.g. the bundled shapes-long"
-            )
+        settings = self._stream_settings(
+            num_steps, guidance_scale, solver, shift, context_time, context_guidance, kv_cache
+        )
         STREAM_FRAMES.check("frames", frames)
         for s in seeds:
             SEED.check("seed", s)
-        if 0 not in prompts or any(len(p) != len(seeds) for p in prompts.values()):
-            raise InputError("prompts need an entry at frame 0 and one prompt per seed in each")
-        st = cfg.stream
-        context_time = st.context_time if context_time is None else context_time
-        context_guidance = st.guidance if context_guidance is None else context_guidance
-        RANGES["stream.context_time"].check("context_time", context_time)
-        RANGES["stream.guidance"].check("context_guidance", context_guidance)
-        settings = StreamSettings(
-            steps, scale, context_guidance, solver, shift, context_time, kv_cache
-        )
-        data, model = cfg.data, cfg.model
+        texts = self._stream_texts(prompts, len(seeds))
+        data, model, st = cfg.data, cfg.model, cfg.stream
         per_chunk = model.chunk * model.patch[0]
         t, h, w = self.autoencoder.latent_shape(per_chunk, data.height, data.width)
         if t != per_chunk:
@@ -368,18 +358,6 @@ class Pipeline:
         def noise(n: int) -> torch.Tensor:
             shape = (model.in_channels, n, h, w)
             return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-
-        starts = sorted(prompts)
-        encoded = {}
-        for f in starts:
-            texts = [check_prompt(p) for p in prompts[f]]
-            encoded[f] = (
-                *self.text_encoder.encode(texts),
-                *self.text_encoder.encode([""] * len(texts)),
-            )
-
-        def texts(frame: int) -> tuple:
-            return encoded[max(f for f in starts if f <= frame)]
 
         amp = autocast_dtype(self.precision, self.device)
         made = 0
@@ -420,6 +398,47 @@ class Pipeline:
             raise InputError(f"solver '{solver}' is unknown: one of {', '.join(SOLVERS)}")
         check_student(self.config, steps, scale, solver, shift, step_cache)
         return steps, scale, solver, shift
+
+    def _stream_settings(
+        self,
+        num_steps: int | None,
+        guidance_scale: float | None,
+        solver: str | None,
+        shift: float | None,
+        context_time: float | None,
+        context_guidance: float | None,
+        kv_cache: bool,
+    ) -> StreamSettings:
+        """How :meth:`stream_batch` samples each chunk: the arguments, else the config's
+        ``flow`` and ``stream`` sections, checked."""
+        cfg = self.config
+        steps, scale, solver, shift = self._sampling(num_steps, guidance_scale, solver, shift)
+        if not cfg.model.chunk:
+            raise InputError(
+                f"this model makes clips of {cfg.data.frames} frames; streaming any length "
+                "needs a block-causal model (model.chunk > 0), e.g. the bundled shapes-long"
+            )
+        st = cfg.stream
+        context_time = st.context_time if context_time is None else context_time
+        context_guidance = st.guidance if context_guidance is None else context_guidance
+        RANGES["stream.context_time"].check("context_time", context_time)
+        RANGES["stream.guidance"].check("context_guidance", context_guidance)
+        return StreamSettings(steps, scale, context_guidance, solver, shift, context_time, kv_cache)
+
+    def _stream_texts(
+        self, prompts: Mapping[int, Sequence[str]], videos: int
+    ) -> Callable[[int], tuple]:
+        """The encoded captions (and empty captions) of the chunk starting at a frame: each
+        prompt list of ``prompts`` holds from its frame on."""
+        if 0 not in prompts or any(len(p) != videos for p in prompts.values()):
+            raise InputError("prompts need an entry at frame 0 and one prompt per seed in each")
+        encoded = {}
+        for frame, texts in prompts.items():
+            texts = [check_prompt(p) for p in texts]
+            null = self.text_encoder.encode([""] * len(texts))
+            encoded[frame] = (*self.text_encoder.encode(texts), *null)
+        starts = sorted(encoded)
+        return lambda frame: encoded[max(f for f in starts if f <= frame)]
 
     def network(self, steps: int) -> Callable[..., torch.Tensor]:
         """The model as the sampler calls it: (x, t, text, mask) -> velocity; a student with a
