@@ -98,7 +98,7 @@ def stream_videos() -> None:
     fps = pipe.config.data.fps
     chunks = pipe.stream_batch({0: PROMPTS[:4]}, [0] * 4, 256)
     videos = np.concatenate(list(chunks), axis=1)  # (4, 256, H, W, 3)
-    print(save_video(tile(gutter(upscale(videos, 3))), OUT / "stream.gif", fps=fps))
+    print(save_video(tile(gutter(upscale(videos, 2))), OUT / "stream.gif", fps=fps))
     switched = pipe.stream(PROMPTS[0], 128, prompt_at={64: PROMPTS[1]})
     print(save_video(np.stack(list(switched)), OUT / "stream_prompt_at.gif", fps=fps, scale=3))
 

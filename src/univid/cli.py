@@ -260,7 +260,7 @@ def _eval_long(args: argparse.Namespace, out: Path, grid: Path) -> None:
         save_video(tile(failed), failures, fps=8, scale=4)
     keys = ("mode", "videos", "right", "right_wilson95", "failures", "identity")
     summary = {**{k: report[k] for k in keys}, "seam": report["seam"], **report["settings"]}
-    paths = {"report": str(out), "drift": str(grid), "failures": len(failed) and str(failures)}
+    paths = {"report": str(out), "drift": str(grid), "failures_gif": len(failed) and str(failures)}
     print(json.dumps({**summary, **paths}))
 
 
