@@ -194,6 +194,7 @@ def _generate_stream(args: argparse.Namespace, prompt: str, out: Path) -> int:
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from univid.build import DEFAULT_MODEL, STREAMING_MODEL
     from univid.eval.report import save_report
     from univid.eval.run import evaluate
     from univid.video import check_output_path
@@ -206,6 +207,8 @@ def _eval(args: argparse.Namespace) -> None:
     if not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     limits.SEED.check("--seed-offset + --seeds - 1", args.seed_offset + args.seeds - 1)
+    if args.model is None:
+        args.model = STREAMING_MODEL if args.mode == LONG_MODE else DEFAULT_MODEL
     if args.mode == LONG_MODE:
         return _eval_long(args, out, grid)
     report, videos = evaluate(

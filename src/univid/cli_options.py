@@ -271,7 +271,11 @@ def add_info_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_eval_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="shapes-tiny", help="bundled model name or model folder")
+    p.add_argument(
+        "--model",
+        help="bundled model name or model folder (default: shapes-tiny; with --mode long, the "
+        "streaming model shapes-long)",
+    )
     add_choice(
         p,
         "--mode",

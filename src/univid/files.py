@@ -8,7 +8,9 @@ import errno
 import json
 import os
 import re
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -228,3 +230,36 @@ def writing(path: str | Path) -> Iterator[None]:
         if error is None:
             raise
         raise error from None
+
+
+# Signals that stop univid cleanly: Ctrl-C and a scheduler's or a container's TERM.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def signals_held(on_first: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers there
+    before: work that must not be cut in half (a checkpoint, a frame being muxed) is finished
+    first. ``on_first()`` runs when the first one arrives; a second Ctrl-C stops at once. Main
+    thread only: Python delivers signals there, and only there may handlers be set; elsewhere
+    a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in received:
+            raise KeyboardInterrupt
+        if not received and on_first is not None:
+            on_first()
+        received.append(signum)
+
+    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+    for s in dict.fromkeys(received):  # now delivered to the handlers there were
+        signal.raise_signal(s)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from univid.files import writing
+from univid.files import signals_held, writing
 from univid.video import (
     H264_OPTIONS,
     check_output_path,
@@ -44,7 +44,6 @@ FRAGMENTED_MP4 = {
     "movflags": "frag_every_frame+empty_moov+default_base_moof",
     "flush_packets": "1",
 }
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class StreamStopped(KeyboardInterrupt):
@@ -87,12 +86,12 @@ def write_stream(
         with writing(path):
             try:
                 for frame in frames:
-                    with _signals_held():  # a frame is in the file whole, or not at all
+                    with signals_held():  # a frame is in the file whole, or not at all
                         sink.add(frame)
                     bar.update()
             finally:
                 bar.close()
-                with _signals_held():
+                with signals_held():
                     sink.close()
     except KeyboardInterrupt as exc:
         raise StreamStopped(sink.count, total, path) from exc
@@ -116,31 +115,6 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM until the block ends, then deliver them to the handlers there
-    before: a frame half muxed, or an encoder half flushed, would spoil the file. A second
-    Ctrl-C stops at once. Main thread only; elsewhere a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def hold(signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and signal.SIGINT in received:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    previous = {s: signal.signal(s, hold) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-    for s in dict.fromkeys(received):
-        signal.raise_signal(s)
 
 
 def _checked(frame: Any, shape: tuple[int, ...] | None) -> np.ndarray:

@@ -19,13 +19,13 @@ is complete. The run folder also gets the consolidated EMA weights (``model.safe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import signal
 import sys
-import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,7 +52,15 @@ from tqdm.auto import tqdm
 
 from univid.config import config_from_dict
 from univid.errors import ConfigError, CorruptFileError, InputError
-from univid.files import atomic_write, causes, fsync, read_json, storage_error, writing
+from univid.files import (
+    atomic_write,
+    causes,
+    fsync,
+    read_json,
+    signals_held,
+    storage_error,
+    writing,
+)
 from univid.lora import adapter_tensors, save_adapter
 from univid.parallel import Dist
 
@@ -63,7 +71,6 @@ INTERRUPT_ENV = "UNIVID_INTERRUPT_AT"
 # Signals that wait while a checkpoint is written: Ctrl-C, and the polite stop of schedulers
 # (which send SIGKILL only after a grace period). The checkpoint is safe either way (it is
 # published by a rename); waiting means the steps it holds are not lost.
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def crash_point(point: str, step: int) -> None:
@@ -80,35 +87,18 @@ def crash_point(point: str, step: int) -> None:
         os.kill(os.getpid(), getattr(signal, name or "SIGINT"))
 
 
-@contextmanager
-def deferred_signals(step: int) -> Iterator[None]:
+def deferred_signals(step: int) -> contextlib.AbstractContextManager[None]:
     """Hold SIGINT and SIGTERM until the block ends, then deliver them as they would have been:
     a checkpoint being written is finished first. A second Ctrl-C stops at once (the temporary
-    folder is removed; the older checkpoints are intact). Main thread only: Python delivers
-    signals there, and only there may handlers be set."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
+    folder is removed; the older checkpoints are intact)."""
 
-    def hold(signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and signal.SIGINT in received:
-            raise KeyboardInterrupt
-        if not received:
-            tqdm.write(  # on a line of its own, above the progress bar
-                f"univid: finishing checkpoint {step} before stopping (Ctrl-C again to stop now)",
-                file=sys.stderr,
-            )
-        received.append(signum)
+    def say() -> None:
+        tqdm.write(  # on a line of its own, above the progress bar
+            f"univid: finishing checkpoint {step} before stopping (Ctrl-C again to stop now)",
+            file=sys.stderr,
+        )
 
-    previous = {s: signal.signal(s, hold) for s in DEFERRED_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, signal.SIG_DFL if handler is None else handler)
-    for s in dict.fromkeys(received):  # now delivered to the handlers the run had
-        signal.raise_signal(s)
+    return signals_held(say)
 
 
 def _tensor_state(
