@@ -19,6 +19,7 @@ prompt with at least one novel attribute).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -169,11 +170,17 @@ def _coverage(clip: ShapeClip, cx: float, cy: float, height: int, width: int) ->
 
 def render(clip: ShapeClip, frames: int = 8, height: int = 32, width: int = 32) -> np.ndarray:
     """Render ``clip`` as uint8 video of shape (T, H, W, 3)."""
+    return _draw(clip, [clip.centre(f, frames) for f in range(frames)], height, width)
+
+
+def _draw(clip: Any, centres: list[tuple[float, float]], height: int, width: int) -> np.ndarray:
+    """``clip``'s object (a ShapeClip or BounceClip) at each of ``centres``: uint8
+    (len(centres), H, W, 3)."""
     colour = np.asarray(ALL_COLOURS[clip.colour], dtype=np.float32)
-    video = np.empty((frames, height, width, 3), dtype=np.uint8)
-    for f in range(frames):
-        cover = _coverage(clip, *clip.centre(f, frames), height, width)
-        video[f] = np.rint(cover[..., None] * colour).astype(np.uint8)
+    video = np.empty((len(centres), height, width, 3), dtype=np.uint8)
+    for i, centre in enumerate(centres):
+        cover = _coverage(clip, *centre, height, width)
+        video[i] = np.rint(cover[..., None] * colour).astype(np.uint8)
     return video
 
 
@@ -259,32 +266,28 @@ class BounceClip:
     start: tuple[float, float]  # (x, y) centre in frame 0
     size: tuple[int, int]  # (width, height) of the frame it bounces in
 
+    def _phase(self, frame: float) -> tuple[int, float, float]:
+        """(axis of the motion, position along the unfolded straight path measured from the
+        low wall, modulo one round trip 2 span; span = size - 2r, the room to move in)."""
+        dx, dy = DIRECTION_VECTORS[self.direction]
+        axis = 0 if dx else 1
+        span = self.size[axis] - 2 * self.radius
+        start = self.start[axis] - self.radius
+        return axis, (start + (dx + dy) * self.speed * frame) % (2 * span), span
+
     def centre(self, frame: float, frames: int = 0) -> tuple[float, float]:
         """Object centre at ``frame`` (any real >= 0; ``frames`` is ignored: the path does not
         depend on the clip's length). Unfolded, the path is a straight line; folding it into
         [r, size - r] is the exact reflection, a triangle wave of period 2 (size - 2r)."""
-        dx, dy = DIRECTION_VECTORS[self.direction]
-        centre = []
-        for step, start, size in (
-            (dx, self.start[0], self.size[0]),
-            (dy, self.start[1], self.size[1]),
-        ):
-            if not step:
-                centre.append(start)
-                continue
-            low, span = self.radius, size - 2 * self.radius
-            unfolded = (start - low + step * self.speed * frame) % (2 * span)
-            centre.append(low + (unfolded if unfolded <= span else 2 * span - unfolded))
-        return centre[0], centre[1]
+        axis, unfolded, span = self._phase(frame)
+        along = self.radius + (unfolded if unfolded <= span else 2 * span - unfolded)
+        return (along, self.start[1]) if axis == 0 else (self.start[0], along)
 
     def velocity(self, frame: float) -> tuple[float, float]:
         """(dx, dy) pixels per frame at ``frame``: the start direction, reversed after each
         bounce (at a bounce itself, the direction it leaves in)."""
         dx, dy = DIRECTION_VECTORS[self.direction]
-        start = self.start[0] if dx else self.start[1]
-        size = self.size[0] if dx else self.size[1]
-        span = size - 2 * self.radius
-        unfolded = (start - self.radius + (dx + dy) * self.speed * frame) % (2 * span)
+        _, unfolded, span = self._phase(frame)
         sign = 1 if unfolded < span else -1
         return dx * sign * self.speed, dy * sign * self.speed
 
@@ -310,15 +313,10 @@ def sample_bounce(
 
 
 def render_frames(
-    clip: ShapeClip | BounceClip, frames: range | list[int], height: int = 32, width: int = 32
+    clip: BounceClip, frames: range | list[int], height: int = 32, width: int = 32
 ) -> np.ndarray:
     """Render the frames ``frames`` of a bouncing ``clip`` as uint8 (len(frames), H, W, 3)."""
-    colour = np.asarray(ALL_COLOURS[clip.colour], dtype=np.float32)
-    video = np.empty((len(frames), height, width, 3), dtype=np.uint8)
-    for i, f in enumerate(frames):
-        cover = _coverage(clip, *clip.centre(f), height, width)  # type: ignore[arg-type]
-        video[i] = np.rint(cover[..., None] * colour).astype(np.uint8)
-    return video
+    return _draw(clip, [clip.centre(f) for f in frames], height, width)
 
 
 class BounceWorld:

@@ -391,7 +391,7 @@ class DiTStream(nn.Module):
         made by :meth:`prefill`; x then holds only the frames that follow it, and the output
         equals the last frames of one forward over the context and x together."""
         B, C, T, H, W = x.shape
-        seq, c, L = self.run_blocks(x, t, text, text_mask, step, cache, None)
+        seq, c, L, *_ = self.run_blocks(x, t, text, text_mask, step, cache, None)
         shift, scale = modulation(self.modulation_out, c).chunk(2, dim=-1)
         out = self.head(modulate(self.norm_out(seq[:, L:]), shift, scale))
         out = unpatchify(out, self.patch, (C, T, H, W))
@@ -412,17 +412,9 @@ class DiTStream(nn.Module):
         have 0 frames): every block's keys and values, for forwards over the frames after it.
         Only a block-causal model (``chunk`` > 0) has a context that later frames cannot
         change."""
-        if not self.chunk:
-            raise ValueError("a KV cache needs block-causal attention (chunk > 0)")
         keep: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.run_blocks(x, t, text, text_mask, step, None, keep)
-        frames = x.shape[2] // self.patch[0]
-        per_frame = (x.shape[3] // self.patch[1]) * (x.shape[4] // self.patch[2])
-        ids = chunk_ids(text.shape[1], frames, per_frame, 0, self.chunk, x.device)
-        pad = None
-        if text_mask is not None:
-            pad = torch.cat([text_mask, text_mask.new_ones(x.shape[0], frames * per_frame)], 1)
-        return KVCache(keep, ids, pad, frames)
+        *_, ids, pad = self.run_blocks(x, t, text, text_mask, step, None, keep)
+        return KVCache(keep, ids, pad, x.shape[2] // self.patch[0])
 
     def run_blocks(
         self,
@@ -433,10 +425,13 @@ class DiTStream(nn.Module):
         step: torch.Tensor | None,
         cache: KVCache | None,
         keep: list[tuple[torch.Tensor, torch.Tensor]] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]:
         """Embed and run the blocks: (sequence out (B, L' + N, D), c, L' caption tokens in
-        it). Without a cache the sequence is [caption | video] (``keep`` collects each block's
-        keys and values); with one it is the video alone, placed after the cached frames."""
+        it, the chunk ids (M,) and padding (B, M) or None of the keys attended). Without a
+        cache the sequence is [caption | video] (``keep`` collects each block's keys and
+        values); with one it is the video alone, placed after the cached frames."""
+        if (cache is not None or keep is not None) and not self.chunk:
+            raise ValueError("a KV cache needs block-causal attention (chunk > 0)")
         B, C, T, H, W = x.shape
         pt, ph, pw = self.patch
         grid = (T // pt, H // ph, W // pw)
@@ -445,8 +440,6 @@ class DiTStream(nn.Module):
         c = self.condition(t, text, text_mask, step)
         video = self.video_in(patchify(x, self.patch))
         first = 0 if cache is None else cache.frames
-        if cache is not None and not self.chunk:
-            raise ValueError("a KV cache needs block-causal attention (chunk > 0)")
         L = text.shape[1] if cache is None else 0  # a cache holds the caption's keys already
         seq = torch.cat([self.text_in(text).to(video.dtype), video], dim=1) if L else video
         ids = None
@@ -464,6 +457,6 @@ class DiTStream(nn.Module):
         rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)
         cond = modulation(self.modulation, c).unflatten(-1, (MODULATIONS, -1)) if self.shared else c
         if cache is None and keep is None:  # the plain call, what a stand-in for the blocks takes
-            return self.blocks(seq, cond, rope, mask, L), c, L
+            return self.blocks(seq, cond, rope, mask, L), c, L, key_ids, pad
         past = None if cache is None else cache.layers
-        return self.blocks(seq, cond, rope, mask, L, past, keep), c, L
+        return self.blocks(seq, cond, rope, mask, L, past, keep), c, L, key_ids, pad
