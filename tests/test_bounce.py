@@ -11,6 +11,7 @@ from univid.config import resolve_config
 from univid.data.shapes import (
     CLIP_FRAMES,
     DIRECTION_VECTORS,
+    OPEN_FRAMES,
     SPEED_RANGE,
     BounceWorld,
     render_frames,
@@ -156,3 +157,19 @@ def test_stream_training_with_an_anchor():
         generated = (~given).nonzero().flatten().tolist()
         firsts[dataset[position][3] == 0].add(generated[0])
     assert firsts == {True: {0, 2, 4, 6}, False: {6}}  # later windows: anchor + window first
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 64)])
+def test_bounce_clips_open_moving_the_captions_way(size):
+    height, width = size
+    starts = []
+    for seed in range(400):
+        clip = sample_bounce(np.random.default_rng([11, seed]), height, width)
+        dx, dy = DIRECTION_VECTORS[clip.direction]
+        path = np.array([clip.centre(f) for f in range(OPEN_FRAMES + 1)])
+        steps = np.diff(path, axis=0) @ np.array([dx, dy], dtype=float)
+        assert steps == pytest.approx(clip.speed, abs=1e-9)  # no bounce in the first frames
+        axis = 0 if dx else 1
+        starts.append((path[0][axis] - clip.radius) / (size[::-1][axis] - 2 * clip.radius))
+    # ... and otherwise starts anywhere: both halves of the room are used.
+    assert min(starts) < 0.1 and max(starts) > 0.9
