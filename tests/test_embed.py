@@ -26,3 +26,19 @@ def test_sincos_positions():
     wt = split_3d(24)[0]
     assert torch.equal(grid[0, :wt], grid[11, :wt])
     assert not torch.equal(grid[0, :wt], grid[12, :wt])
+
+
+def test_per_sample_linear_follows_its_weights_when_sampling_and_training():
+    from univid.model.embed import per_sample_linear
+
+    linear = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        first = per_sample_linear(linear, x)
+        torch.testing.assert_close(first, linear(x))
+        linear.weight.mul_(2.0)  # an optimiser step or a merged adapter: in place
+        torch.testing.assert_close(per_sample_linear(linear, x), linear(x))
+        linear.weight = torch.nn.Parameter(torch.randn(4, 8))  # a new tensor
+        torch.testing.assert_close(per_sample_linear(linear, x), linear(x))
+    per_sample_linear(linear, x).sum().backward()  # with autograd: gradients reach the weights
+    torch.testing.assert_close(linear.weight.grad, x.sum(0).expand(4, 8))

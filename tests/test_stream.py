@@ -62,6 +62,15 @@ def test_kv_cache_equals_one_forward_over_context_and_chunk():
             cache = model.prefill(x[:, :, :context], t[:, :context], text, mask)
             part = model(x[:, :, context:], t[:, context:], text, mask, cache=cache)
             torch.testing.assert_close(part, full[:, :, context:], rtol=1e-5, atol=1e-5)
+        # One cache read by many forwards, as the steps of a chunk's ODE read it: each writes
+        # its keys into the cache's room for one chunk, and none sees the one before it.
+        cache = model.prefill(x[:, :, :4], t[:, :4], text, mask)
+        for step in range(3):
+            y, s = x[:, :, 4:] + step, t.clone()
+            s[:, 4:] = 0.3 * step
+            want = model(torch.cat([x[:, :, :4], y], dim=2), s, text, mask)[:, :, 4:]
+            got = model(y, s[:, 4:], text, mask, cache=cache)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         # The cache is what the chunk reads: another context gives another output.
         other = model.prefill(x[:, :, :4] + 1, t[:, :4], text, mask)
         assert (

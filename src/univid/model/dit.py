@@ -180,7 +180,7 @@ class DiTBlock(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         text_len: int = 0,
-        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past: PastKV | None = None,
         keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """x (B, N, D); cond is c (B, [G,] D), or the shared modulation (B, [G,] 6, D) for
@@ -188,7 +188,7 @@ class DiTBlock(nn.Module):
         rope the (cos, sin) tables (N, head_dim); mask None (attend everywhere) or bool
         (B, 1, 1 or N, M), False = never attended (padding, or a later chunk); text_len the
         caption tokens at the front of x (used only with per-frame rows). ``past`` holds the
-        keys and values (B, heads, P, head_dim) of cached tokens before x (M = P + N);
+        keys and values of the P cached tokens before x (M = P + N);
         ``keep`` collects this block's own (rotated keys, values)."""
         B, N, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation_of(cond).unbind(dim=-2)
@@ -201,7 +201,7 @@ class DiTBlock(nn.Module):
         if keep is not None:
             keep.append((k, v))
         if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            k, v = past.extend(k, v)
         attn = self.attention(q, k, v, mask)
         x = gated(x, gate1, self.proj(attn.transpose(1, 2).reshape(B, N, D)), text_len)
         h = modulate(self.norm2(x), shift2, scale2, text_len)
@@ -218,7 +218,7 @@ class DiTBlocks(nn.ModuleList):
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
         text_len: int = 0,
-        past: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        past: list[PastKV] | None = None,
         keep: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         for i, block in enumerate(self):
@@ -231,13 +231,36 @@ class DiTBlocks(nn.ModuleList):
         return seq
 
 
+class PastKV:
+    """One block's cached keys and values (B, heads, P, head_dim), in buffers with ``room``
+    for the tokens that follow: a forward over them writes their keys and values into that room
+    rather than copying the whole context into a new tensor at every step of the ODE."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, room: int) -> None:
+        B, heads, P, head_dim = k.shape
+        self.length = P
+        self.k, self.v = (x.new_empty(B, heads, P + room, head_dim) for x in (k, v))
+        self.k[:, :, :P], self.v[:, :, :P] = k, v
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values) of the cached tokens followed by ``k``, ``v`` (B, heads, N,
+        head_dim): views of the buffers when the N tokens fit the room (the next forward
+        overwrites them), a new tensor when they do not or autograd is recording."""
+        P, N = self.length, k.shape[2]
+        fits = P + N <= self.k.shape[2] and k.dtype == self.k.dtype
+        if torch.is_grad_enabled() or not fits:
+            return torch.cat([self.k[:, :, :P], k], dim=2), torch.cat([self.v[:, :, :P], v], 2)
+        self.k[:, :, P : P + N], self.v[:, :, P : P + N] = k, v
+        return self.k[:, :, : P + N], self.v[:, :, : P + N]
+
+
 @dataclass
 class KVCache:
     """The keys and values of a context (the caption and earlier latent frames) for every
     block, made once by :meth:`DiTStream.prefill` and read by each later forward that continues
     it. Exact for a block-causal model: nothing in the context attends to what follows it."""
 
-    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per block (B, heads, P, head_dim), rotated
+    layers: list[PastKV]  # per block, keys rotated
     ids: torch.Tensor  # (P,) chunk of each cached token, -1 for the caption
     pad: torch.Tensor | None  # (B, P) bool, False on caption padding; None when there is none
     frames: int  # latent frames in the context: the next frame's position
@@ -414,7 +437,10 @@ class DiTStream(nn.Module):
         change."""
         keep: list[tuple[torch.Tensor, torch.Tensor]] = []
         *_, ids, pad = self.run_blocks(x, t, text, text_mask, step, None, keep)
-        return KVCache(keep, ids, pad, x.shape[2] // self.patch[0])
+        _, ph, pw = self.patch
+        room = self.chunk * (x.shape[3] // ph) * (x.shape[4] // pw)  # one chunk's tokens
+        layers = [PastKV(k, v, room) for k, v in keep]
+        return KVCache(layers, ids, pad, x.shape[2] // self.patch[0])
 
     def run_blocks(
         self,
@@ -451,7 +477,10 @@ class DiTStream(nn.Module):
         elif cache is not None and cache.pad is not None:
             pad = torch.cat([cache.pad, cache.pad.new_ones(B, video.shape[1])], dim=1)
         key_ids = ids if cache is None or ids is None else torch.cat([cache.ids, ids])
-        mask = attention_mask(ids, key_ids, pad)
+        query_ids = ids
+        if cache is not None and first // self.chunk == (first + grid[0] - 1) // self.chunk:
+            query_ids = None  # one chunk after its context sees every key: no mask to apply
+        mask = attention_mask(query_ids, key_ids, pad)
         positions = stream_positions(L, grid, x.device, first)
         cos, sin = rope_tables(rope_angles(positions, self.head_dim, self.rope_base))
         rope = (cos[:, None], sin[:, None])  # broadcast over heads: q is (B, N, heads, head_dim)

@@ -75,7 +75,22 @@ def per_sample_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return linear(x)
-    return F.linear(x.double(), linear.weight.double(), linear.bias.double()).float()
+    return F.linear(x.double(), *_float64(linear)).float()
+
+
+def _float64(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """linear's weight and bias in float64. Sampling, which calls every linear with the same
+    weights at each step, keeps the copies while the weights are unchanged (copying a block's
+    modulation weights cost a sixth of a cached streaming step); autograd gets new ones."""
+    weight, bias = linear.weight, linear.bias
+    if torch.is_grad_enabled():
+        return weight.double(), bias.double()
+    versions = (weight._version, bias._version)
+    kept = linear.__dict__.get("_float64")
+    if kept is None or kept[0] is not weight or kept[1] is not bias or kept[2] != versions:
+        copies = (weight.double(), bias.double())
+        kept = linear.__dict__["_float64"] = (weight, bias, versions, *copies)
+    return kept[3], kept[4]
 
 
 def rowwise(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, ndim: int) -> torch.Tensor:
