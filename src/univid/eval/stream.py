@@ -90,6 +90,9 @@ def evaluate_long(
                 "speed": v.speed,
                 "max_step": v.max_step,
                 "reversals": v.reversals,
+                "mid_reversals": v.mid_reversals,
+                "start_direction": v.start_direction,
+                "reference_radius": v.reference_radius,
             }
             for item, v in zip(items, verdicts)
         ],
