@@ -267,6 +267,9 @@ def test_an_interrupted_stream_leaves_a_playable_file(model_dir, tmp_path, sig):
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # Ctrl-C as at a terminal: a runner started in the background by a shell without job
+        # control ignores SIGINT, and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 4000):
