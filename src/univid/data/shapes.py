@@ -19,7 +19,6 @@ prompt with at least one novel attribute).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -149,7 +148,9 @@ def sample_clip(
     return ShapeClip(shape, colour, direction, radius, distance, (centre[0], centre[1]))
 
 
-def _coverage(clip: ShapeClip, cx: float, cy: float, height: int, width: int) -> np.ndarray:
+def _coverage(
+    clip: ShapeClip | BounceClip, cx: float, cy: float, height: int, width: int
+) -> np.ndarray:
     """Fraction of each pixel covered by the object centred at (cx, cy): (H, W) in [0, 1]."""
     s = SUPERSAMPLE
     ys = (np.arange(height * s) + 0.5) / s - cy  # (Hs,)
@@ -173,7 +174,9 @@ def render(clip: ShapeClip, frames: int = 8, height: int = 32, width: int = 32) 
     return _draw(clip, [clip.centre(f, frames) for f in range(frames)], height, width)
 
 
-def _draw(clip: Any, centres: list[tuple[float, float]], height: int, width: int) -> np.ndarray:
+def _draw(
+    clip: ShapeClip | BounceClip, centres: list[tuple[float, float]], height: int, width: int
+) -> np.ndarray:
     """``clip``'s object (a ShapeClip or BounceClip) at each of ``centres``: uint8
     (len(centres), H, W, 3)."""
     colour = np.asarray(ALL_COLOURS[clip.colour], dtype=np.float32)

@@ -19,7 +19,6 @@ is complete. The run folder also gets the consolidated EMA weights (``model.safe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -28,7 +27,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +86,7 @@ def crash_point(point: str, step: int) -> None:
         os.kill(os.getpid(), getattr(signal, name or "SIGINT"))
 
 
-def deferred_signals(step: int) -> contextlib.AbstractContextManager[None]:
+def deferred_signals(step: int) -> AbstractContextManager[None]:
     """Hold SIGINT and SIGTERM until the block ends, then deliver them as they would have been:
     a checkpoint being written is finished first. A second Ctrl-C stops at once (the temporary
     folder is removed; the older checkpoints are intact)."""
