@@ -10,6 +10,11 @@ and in the precision measured.
 ``--memory``: peak resident memory of a fresh process streaming each of ``--lengths`` frames
 (batch 1), and the seconds of each chunk along the longest; ``--plot PNG`` draws both.
 
+``--next-chunk N``: N chunks made after ground-truth context (bouncing-world windows of
+``--seed-offset``), judged against the world's own continuation
+(:func:`univid.eval.stream.evaluate_next_chunk`): stalls, steps the wrong way and centres off by
+more than the speed, without the compounding of a long generation.
+
 ``--quality``: ``univid eval --mode long`` (``--seeds`` per prompt from ``--seed-offset``) for
 each ``--context-times``, ``--guidance`` (the first chunk's) and ``--context-guidance`` (the
 later chunks', ``stream.guidance``) value.
@@ -17,6 +22,7 @@ later chunks', ``stream.guidance``) value.
     python benchmarks/stream.py --speed --model shapes-long > docs/stream_speed.jsonl
     python benchmarks/stream.py --memory --model shapes-long --plot docs/assets/stream_memory.png \\
         > docs/stream_memory.jsonl
+    python benchmarks/stream.py --next-chunk 512 --model shapes-long --seed-offset 6000000
     python benchmarks/stream.py --quality --model shapes-long --seeds 2 --seed-offset 4000000 \\
         > docs/stream_quality.jsonl
 """
@@ -188,12 +194,32 @@ def quality(args: argparse.Namespace) -> None:
                 print(json.dumps({**row, **report["settings"], **machine()}), flush=True)
 
 
+def next_chunk(args: argparse.Namespace) -> None:
+    from univid.eval.stream import evaluate_next_chunk
+    from univid.pipeline import Pipeline
+
+    pipe = Pipeline.from_pretrained(args.model, device="cpu")
+    for later in args.context_guidance or [None]:
+        report = evaluate_next_chunk(
+            pipe,
+            windows=args.next_chunk,
+            seed=args.seed_offset,
+            steps=args.steps,
+            context_guidance=later,
+            progress=False,
+        )
+        settings = report.pop("settings")
+        row = {"what": "next_chunk", "model": args.model, **report, **settings, **machine()}
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="shapes-long")
     p.add_argument("--speed", action="store_true")
     p.add_argument("--memory", action="store_true")
     p.add_argument("--quality", action="store_true")
+    p.add_argument("--next-chunk", type=int, metavar="N", help="chunks after true context")
     p.add_argument("--one-length", type=int, help=argparse.SUPPRESS)
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
@@ -215,6 +241,8 @@ def main() -> None:
         memory(args)
     if args.quality:
         quality(args)
+    if args.next_chunk:
+        next_chunk(args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,13 @@ from univid.data.shapes import (
     sample_bounce,
 )
 from univid.eval.groundtruth import add_noise
-from univid.eval.long import LONG_FAILURES, judge_long, plot_drift, summarize_long
+from univid.eval.long import (
+    LONG_FAILURES,
+    judge_long,
+    judge_next_chunk,
+    plot_drift,
+    summarize_long,
+)
 from univid.eval.report import wilson_interval
 
 FRAMES, CHUNK = 256, 4
@@ -195,3 +201,39 @@ def test_bad_input_is_refused():
         judge_long(np.zeros((8, 32, 32, 3), np.uint8), "red", "square", "right", CHUNK)
     with pytest.raises(ValueError):
         summarize_long([], CHUNK)
+
+
+def _window(clip: BounceClip, start: int, frames: int = 20) -> np.ndarray:
+    return render_frames(clip, range(start, start + frames))
+
+
+def _free_start(clip: BounceClip) -> int:
+    """A start whose last 6 frames (context's last, the chunk) move one way, off the walls."""
+    return next(s for s in range(40) if len({_sign(clip, t) for t in range(s + 14, s + 20)}) == 1)
+
+
+@pytest.mark.parametrize("direction", ["right", "down"])
+def test_next_chunk_judge_passes_the_truth_and_fails_each_fault(direction):
+    clip = CLIPS[direction]
+    truth = _window(clip, _free_start(clip))
+
+    def judge(chunk: np.ndarray):
+        made = np.concatenate([truth[:16], chunk])
+        return judge_next_chunk(made, truth, clip.colour, clip.shape, direction, 16)
+
+    right = judge(truth[16:])
+    assert not right.stall and not right.wrong_way and right.error == 0.0
+    frozen = judge(np.concatenate([truth[16:18], truth[17:19]]))  # frame 18 repeats 17
+    assert frozen.stall and not frozen.wrong_way and frozen.error >= clip.speed * 0.9
+    back = judge(truth[12:16][::-1])  # the chunk runs back over the context
+    assert back.wrong_way and back.error > 3 * clip.speed
+    lost = judge(np.zeros_like(truth[16:]))
+    assert lost.error == float("inf")
+
+
+def test_next_chunk_judge_refuses_bad_input():
+    video = np.zeros((20, 32, 32, 3), np.uint8)
+    with pytest.raises(ValueError):
+        judge_next_chunk(video, video[:19], "red", "square", "right", 16)
+    with pytest.raises(ValueError):
+        judge_next_chunk(video, video, "red", "square", "right", 20)

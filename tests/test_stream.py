@@ -349,6 +349,18 @@ def test_stream_benchmark_runs_end_to_end(model_dir, tmp_path):
     assert [r["frames"] for r in rows[-2:]] == [8, 16] and plot.stat().st_size > 0
 
 
+def test_next_chunk_benchmark_prints_its_counts(model_dir):
+    script = Path(__file__).parents[1] / "benchmarks" / "stream.py"
+    args = ["--next-chunk", "3", "--model", str(model_dir), "--seed-offset", "9"]
+    run = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (row,) = [json.loads(line) for line in run.stdout.splitlines()]
+    assert row["what"] == "next_chunk" and row["windows"] == 3 and row["seed"] == 9
+    assert 0 <= row["stall"] <= row["any"] <= 3 and len(row["any_wilson95"]) == 2
+
+
 class Recorder(torch.nn.Module):
     """A stand-in network that records the context of every chunk and returns velocity 0 (so
     each chunk comes out as its noise, which tells the chunks apart)."""
@@ -394,3 +406,51 @@ def test_each_chunk_sees_the_anchor_and_the_window_before_it(anchor):
         else:
             expected = torch.cat([video[:, :, :anchor], video[:, :, start - 4 : start]], dim=2)
         assert torch.equal(context, expected), j
+
+
+def test_next_chunk_continues_given_frames_seeded(stream_pipe):
+    context = stream(stream_pipe, 4, seed=0)[None]  # (1, 4, 16, 16, 3)
+    prompt = ["a red circle moving right"]
+    chunk = stream_pipe.next_chunk(context, prompt, [5])
+    assert chunk.shape == (1, 2, 16, 16, 3) and chunk.dtype == np.uint8
+    assert np.array_equal(chunk, stream_pipe.next_chunk(context, prompt, [5]))
+    assert not np.array_equal(chunk, stream_pipe.next_chunk(context, prompt, [6]))
+    # The context is read: other frames before it, another chunk from the same noise.
+    other = stream(stream_pipe, 4, seed=1)[None]
+    assert not np.array_equal(chunk, stream_pipe.next_chunk(other, prompt, [5]))
+    for bad in (context[:, :3], context.astype(np.float32), context[:, :, :8]):
+        with pytest.raises(InputError):
+            stream_pipe.next_chunk(bad, prompt, [5])
+
+
+class WorldStandIn:
+    """A pipeline that makes the bouncing world's own next chunk (``frozen``: the context's
+    last frame again): what evaluate_next_chunk must score perfect, and all stalls."""
+
+    def __init__(self, pipe: Pipeline, seed: int, frozen: bool) -> None:
+        from univid.data.shapes import BounceWorld
+
+        self.config, self.precision, self.device = pipe.config, "fp32", pipe.device
+        self.seed, self.frozen = seed, frozen
+        self.world = BounceWorld(6, 16, 16, seed, 0.0, 0)
+
+    def next_chunk(self, frames, prompts, seeds, steps=None, context_guidance=None):
+        if self.frozen:
+            return np.repeat(frames[:, -1:], 2, axis=1)
+        return np.stack([self.world[s - self.seed][0][4:] for s in seeds])
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_next_chunk_evaluation_scores_the_truth_and_catches_a_freeze(stream_pipe, frozen):
+    from univid.eval.stream import evaluate_next_chunk
+
+    report = evaluate_next_chunk(
+        WorldStandIn(stream_pipe, 70, frozen), windows=24, seed=70, progress=False
+    )
+    assert report["windows"] == 24 and report["settings"]["context_frames"] == 4
+    if frozen:  # every chunk stands still where the world moves on (a fold may hide one)
+        assert report["stall"] >= 22 and report["any"] >= 22
+    else:
+        assert report["any"] == 0 and report["error_median"] == 0.0
+    real = evaluate_next_chunk(stream_pipe, windows=3, seed=70, progress=False)
+    assert real["windows"] == 3 and 0 <= real["stall"] <= real["any"] <= 3

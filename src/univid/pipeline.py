@@ -24,7 +24,7 @@ from univid.given import frames_from, to_given
 from univid.limits import LORA_SCALE, NUM_VIDEOS, SEED, STREAM_FRAMES
 from univid.memory import check_fits, generation
 from univid.step_cache import StepCache
-from univid.stream import StreamSettings, stream_latents
+from univid.stream import StreamSettings, sample_chunk, stream_latents
 from univid.text import TextEncoder
 from univid.text.clean import clean_text
 from univid.video import to_uint8
@@ -372,6 +372,59 @@ class Pipeline:
                 made += video.shape[1]
                 if made >= frames:
                     return
+
+    @torch.no_grad()
+    def next_chunk(
+        self,
+        frames: np.ndarray,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        num_steps: int | None = None,
+        context_guidance: float | None = None,
+        context_time: float | None = None,
+    ) -> np.ndarray:
+        """The chunk a streaming model makes after given frames: uint8 (N, T, H, W, 3) context
+        (T a multiple of the chunk's frames, the anchor and window as generation holds them)
+        -> uint8 (N, chunk, H, W, 3), one per prompt and seed, sampled as
+        :meth:`stream_batch` samples every chunk after the first."""
+        frames = np.asarray(frames)
+        cfg, n = self.config, len(seeds)
+        settings = self._stream_settings(
+            num_steps, None, None, None, context_time, context_guidance, True
+        )
+        per_chunk = cfg.model.chunk * cfg.model.patch[0]
+        d = cfg.data
+        if (
+            frames.dtype != np.uint8
+            or frames.shape[0] != n
+            or frames.shape[2:]
+            != (
+                d.height,
+                d.width,
+                3,
+            )
+        ):
+            raise InputError(
+                f"context must be uint8 (N={n}, T, {d.height}, {d.width}, 3), got "
+                f"{frames.dtype} {tuple(frames.shape)}"
+            )
+        if not frames.shape[1] or frames.shape[1] % per_chunk:
+            raise InputError(
+                f"context frames must be a multiple of {per_chunk}, got {frames.shape[1]}"
+            )
+        texts = self._stream_texts({0: list(prompts)}, n)(0)
+        x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+        context = self.autoencoder.encode(x.to(self.device))
+        shape = (cfg.model.in_channels, per_chunk, *context.shape[3:])
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+        if t := settings.context_time:
+            again = torch.stack([torch.randn(context.shape[1:], generator=g) for g in gens])
+            context = (1 - t) * context + t * again.to(self.device)
+        amp = autocast_dtype(self.precision, self.device)
+        with speed.attention(self.model, self.attention), autocast(self.device, amp):
+            chunk = sample_chunk(self.model, noise, context, texts, settings)
+        return to_uint8(self.autoencoder.decode(chunk.float()))
 
     def _sampling(
         self,

@@ -74,6 +74,26 @@ def chunk_network(
 
 
 @torch.no_grad()
+def sample_chunk(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    context: torch.Tensor | None,
+    captions: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    s: StreamSettings,
+) -> torch.Tensor:
+    """One chunk's latents, sampled by the ODE from its noise ``x`` after ``context`` (latents
+    (B, C, Tc, h, w) as given, or None for the first chunk) with ``captions`` = (caption, mask,
+    empty caption, its mask): the first chunk guided by ``s.guidance``, a later one by
+    ``s.context_guidance``."""
+    text, mask, null, null_mask = captions
+    scale = s.guidance if context is None else s.context_guidance
+    both, both_mask = guidance_inputs(text, mask, null, null_mask, scale)
+    network = chunk_network(model, context, both, both_mask, s)
+    velocity = guided(network, text, mask, null, null_mask, scale)
+    return ode_sample(velocity, x, s.steps, s.solver, s.shift)
+
+
+@torch.no_grad()
 def stream_latents(
     model: torch.nn.Module,
     texts: TextFn,
@@ -101,12 +121,7 @@ def stream_latents(
             context = (1 - t) * made + t * noise(made.shape[2])
         else:
             context = made
-        text, mask, null, null_mask = texts(start)
-        scale = s.guidance if made is None else s.context_guidance
-        both, both_mask = guidance_inputs(text, mask, null, null_mask, scale)
-        network = chunk_network(model, context, both, both_mask, s)
-        velocity = guided(network, text, mask, null, null_mask, scale)
-        x = ode_sample(velocity, x, s.steps, s.solver, s.shift)
+        x = sample_chunk(model, x, context, texts(start), s)
         yield x
         made = x if made is None else torch.cat([made, x], dim=2)
         if made.shape[2] > first + keep:

@@ -309,6 +309,43 @@ def judge_long(
     )
 
 
+@dataclass(frozen=True)
+class ChunkVerdict:
+    """One chunk made after ground-truth context, against the world's own continuation."""
+
+    stall: bool  # a step that stands still where the truth moves
+    wrong_way: bool  # a step against the truth's
+    error: float  # the largest distance (px) of the chunk's centres from the truth's; inf: lost
+
+
+def judge_next_chunk(
+    made: np.ndarray, truth: np.ndarray, colour: str, shape: str, direction: str, context: int
+) -> ChunkVerdict:
+    """Judge a chunk made from ``context`` frames of a bouncing clip against the clip itself:
+    ``made`` and ``truth`` (T, H, W, 3) share their first ``context`` frames. Steps run from
+    the last context frame through the chunk; a truth step that folds at a wall (less than half
+    the truth's speed) is not judged for stalls or direction."""
+    made, truth = np.asarray(made), np.asarray(truth)
+    if made.shape != truth.shape or made.ndim != 4 or not 1 <= context < made.shape[0]:
+        raise ValueError(
+            f"expected two (T, H, W, 3) videos of one shape and 1 <= context < T, got "
+            f"{made.shape}, {truth.shape} and context {context}"
+        )
+    axis = "x" if DIRECTION_VECTORS[direction][0] else "y"
+    tracks = [_track(v, colour, shape) for v in (made, truth)]
+    (mx, my, mpos), (tx, ty, tpos) = ((t["x"], t["y"], t[axis]) for t in tracks)
+    speed = float(np.nanmedian(np.abs(np.diff(tpos))))
+    made_steps, true_steps = np.diff(mpos[context - 1 :]), np.diff(tpos[context - 1 :])
+    moving = np.abs(true_steps) >= 0.5 * speed
+    with np.errstate(invalid="ignore"):
+        goes = np.abs(made_steps) >= STILL_FRACTION * speed
+        stall = bool((moving & ~goes & np.isfinite(made_steps)).any())
+        wrong = bool((moving & goes & (np.sign(made_steps) != np.sign(true_steps))).any())
+    distance = np.hypot(mx[context:] - tx[context:], my[context:] - ty[context:])
+    error = float(distance.max()) if np.isfinite(distance).all() else math.inf
+    return ChunkVerdict(stall=stall, wrong_way=wrong, error=error)
+
+
 def _nan_to_none(values: list[float]) -> list[float | None]:
     return [float(v) if math.isfinite(v) else None for v in values]
 

@@ -18,10 +18,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from univid.config.sections import LONG_FRAMES
+from univid.data.shapes import BounceWorld
 from univid.device import autocast_dtype, precision_name
 from univid.errors import InputError
-from univid.eval.long import MIN_FRAMES, judge_long, summarize_long
-from univid.eval.report import EVAL_SEED_OFFSET, _plan
+from univid.eval.long import MIN_FRAMES, judge_long, judge_next_chunk, summarize_long
+from univid.eval.report import EVAL_SEED_OFFSET, _plan, wilson_interval
 
 
 def evaluate_long(
@@ -117,3 +118,75 @@ def evaluate_long(
     }
     shape = (0, frames, pipe.config.data.height, pipe.config.data.width, 3)
     return report, np.stack(kept) if kept else np.zeros(shape, np.uint8)
+
+
+def evaluate_next_chunk(
+    pipe: Any,
+    *,
+    windows: int,
+    seed: int = EVAL_SEED_OFFSET,
+    steps: int | None = None,
+    context_guidance: float | None = None,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> dict:
+    """One chunk after ground-truth context, ``windows`` times: what the model does with a
+    context as right as it can be, without the compounding of a long generation.
+
+    The windows are the bouncing world's training windows (:class:`BounceWorld` of ``seed``,
+    all past their clip's opening: the anchor, then the whole window); each chunk is sampled
+    by :meth:`univid.pipeline.Pipeline.next_chunk` and judged by
+    :func:`univid.eval.long.judge_next_chunk`. The report counts chunks with a stall, a step
+    the wrong way and a centre further than the clip's speed from the truth's (each with its
+    Wilson interval), and the error's median and 90th percentile."""
+    cfg = pipe.config
+    per_chunk = cfg.model.chunk * cfg.model.patch[0]
+    d, st = cfg.data, cfg.stream
+    if not cfg.model.chunk:
+        raise InputError("one-chunk evaluation needs a streaming model (model.chunk > 0)")
+    context = (st.anchor + st.window) * cfg.model.patch[0]
+    world = BounceWorld(context + per_chunk, d.height, d.width, seed, 0.0, st.anchor)
+    verdicts, speeds = [], []
+    start = time.perf_counter()
+    for first in tqdm(range(0, windows, batch_size), desc="next chunk", disable=not progress):
+        items = [world[i] for i in range(first, min(windows, first + batch_size))]
+        truth = np.stack([video for video, *_ in items])
+        chunk = pipe.next_chunk(
+            truth[:, :context],
+            [text for _, text, *_ in items],
+            [seed + first + i for i in range(len(items))],
+            steps,
+            context_guidance,
+        )
+        made = np.concatenate([truth[:, :context], chunk], axis=1)
+        for (_, _, clip, _), m, t in zip(items, made, truth):
+            verdicts.append(
+                judge_next_chunk(m, t, clip.colour, clip.shape, clip.direction, context)
+            )
+            speeds.append(clip.speed)
+    errors = np.array([v.error for v in verdicts])
+    counts = {
+        "stall": sum(v.stall for v in verdicts),
+        "wrong_way": sum(v.wrong_way for v in verdicts),
+        "off_by_speed": int((errors > np.array(speeds)).sum()),
+    }
+    counts["any"] = sum(
+        bool(v.stall or v.wrong_way or e > sp) for v, e, sp in zip(verdicts, errors, speeds)
+    )
+    return {
+        "mode": "next_chunk",
+        "windows": len(verdicts),
+        **counts,
+        **{f"{k}_wilson95": wilson_interval(n, len(verdicts)) for k, n in counts.items()},
+        "error_median": float(np.median(errors)),
+        "error_p90": float(np.quantile(errors, 0.9)),
+        "settings": {
+            "seed": seed,
+            "context_frames": context,
+            "chunk": per_chunk,
+            "steps": steps or cfg.flow.sample_steps,
+            "context_guidance": st.guidance if context_guidance is None else context_guidance,
+            "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
+            "sampling_seconds": round(time.perf_counter() - start, 2),
+        },
+    }
