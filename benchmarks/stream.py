@@ -30,6 +30,7 @@ later chunks', ``stream.guidance``) value.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -173,25 +174,29 @@ def quality(args: argparse.Namespace) -> None:
     from univid.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
-    for context_time in args.context_times:
-        for first in args.guidance or [None]:
-            for later in args.context_guidance or [None]:
-                report, _ = evaluate_long(
-                    pipe,
-                    model=args.model,
-                    seeds=args.seeds,
-                    seed_offset=args.seed_offset,
-                    frames=args.frames,
-                    guidance=first,
-                    context_guidance=later,
-                    context_time=context_time,
-                    steps=args.steps,
-                    batch_size=args.batch_size,
-                    progress=False,
-                )
-                keys = ("videos", "right", "right_wilson95", "failures", "identity", "seam")
-                row = {"what": "long_quality", **{k: report[k] for k in keys}}
-                print(json.dumps({**row, **report["settings"], **machine()}), flush=True)
+    for context_time, first, later, history in itertools.product(
+        args.context_times,
+        args.guidance or [None],
+        args.context_guidance or [None],
+        args.history_guidance or [None],
+    ):
+        report, _ = evaluate_long(
+            pipe,
+            model=args.model,
+            seeds=args.seeds,
+            seed_offset=args.seed_offset,
+            frames=args.frames,
+            guidance=first,
+            context_guidance=later,
+            history_guidance=history,
+            context_time=context_time,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            progress=False,
+        )
+        keys = ("videos", "right", "right_wilson95", "failures", "identity", "seam")
+        row = {"what": "long_quality", **{k: report[k] for k in keys}}
+        print(json.dumps({**row, **report["settings"], **machine()}), flush=True)
 
 
 def next_chunk(args: argparse.Namespace) -> None:
@@ -199,13 +204,16 @@ def next_chunk(args: argparse.Namespace) -> None:
     from univid.pipeline import Pipeline
 
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
-    for later in args.context_guidance or [None]:
+    for later, history in itertools.product(
+        args.context_guidance or [None], args.history_guidance or [None]
+    ):
         report = evaluate_next_chunk(
             pipe,
             windows=args.next_chunk,
             seed=args.seed_offset,
             steps=args.steps,
             context_guidance=later,
+            history_guidance=history,
             progress=False,
         )
         settings = report.pop("settings")
@@ -232,6 +240,7 @@ def main() -> None:
     p.add_argument("--context-times", type=float, nargs="+", default=[None])
     p.add_argument("--guidance", type=float, nargs="+", help="the first chunk's guidance")
     p.add_argument("--context-guidance", type=float, nargs="+", help="the later chunks'")
+    p.add_argument("--history-guidance", type=float, nargs="+", help="stream.history_guidance")
     args = p.parse_args()
     if args.one_length:
         print(json.dumps(one_length(args.model, args.one_length)))

@@ -121,24 +121,30 @@ def test_stream_makes_exactly_the_frames_asked_for_seeded(stream_pipe):
     assert np.array_equal(stream(stream_pipe, 13, seed=3)[:9], video)
 
 
-@pytest.mark.parametrize("context_guidance", [1.0, 3.0])  # one branch, or both in one batch
-def test_stream_kv_cache_equals_recomputing_the_context(stream_pipe, context_guidance):
+# One branch, both in one batch, or the chunk without its context beside the cached one.
+@pytest.mark.parametrize("context_guidance,history", [(1.0, 1.0), (3.0, 1.0), (1.0, 2.5)])
+def test_stream_kv_cache_equals_recomputing_the_context(stream_pipe, context_guidance, history):
     def video(prompts, seeds, **kwargs):
         chunks = stream_pipe.stream_batch(
             {0: prompts}, seeds, 12, context_guidance=context_guidance, **kwargs
         )
         return np.concatenate(list(chunks), 1)
 
-    a = video(["a cat", "a dog"], [1, 2])
-    b = video(["a cat", "a dog"], [1, 2], kv_cache=False)
+    a = video(["a cat", "a dog"], [1, 2], history_guidance=history)
+    b = video(["a cat", "a dog"], [1, 2], kv_cache=False, history_guidance=history)
     assert a.shape == (2, 12, 16, 16, 3)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of equal floats
     # A batch equals its videos made alone.
-    alone = video(["a dog"], [2])
+    alone = video(["a dog"], [2], history_guidance=history)
     assert np.abs(alone[0].astype(int) - a[1].astype(int)).max() <= 1
     # The later chunks' guidance is what it says: another one gives another video.
     other = np.concatenate(
-        list(stream_pipe.stream_batch({0: ["a dog"]}, [2], 12, context_guidance=2.0)), 1
+        list(
+            stream_pipe.stream_batch(
+                {0: ["a dog"]}, [2], 12, context_guidance=2.0, history_guidance=history
+            )
+        ),
+        1,
     )
     assert np.array_equal(other[0, :2], alone[0, :2])  # the first chunk: flow.guidance
     assert not np.array_equal(other[0, 2:], alone[0, 2:])
@@ -454,3 +460,27 @@ def test_next_chunk_evaluation_scores_the_truth_and_catches_a_freeze(stream_pipe
         assert report["any"] == 0 and report["error_median"] == 0.0
     real = evaluate_next_chunk(stream_pipe, windows=3, seed=70, progress=False)
     assert real["windows"] == 3 and 0 <= real["stall"] <= real["any"] <= 3
+
+
+class TwoVelocities(Recorder):
+    """Velocity 1 for a chunk after its (cached) context, 3 for a chunk alone."""
+
+    def prefill(self, x, t, text, mask):
+        return "cache"
+
+    def forward(self, x, t, text, mask, cache=None):
+        return torch.full_like(x, 3.0 if cache is None else 1.0)
+
+
+@pytest.mark.parametrize("history", [1.0, 2.5, 0.0])
+def test_history_guidance_pushes_a_chunk_away_from_itself_without_context(history):
+    from univid.stream import StreamSettings, sample_chunk
+
+    text = (torch.zeros(1, 3, 16), torch.ones(1, 3, dtype=torch.bool))
+    s = StreamSettings(steps=4, guidance=1.0, history_guidance=history)
+    x = torch.randn(1, 3, 2, 8, 8)
+    later = sample_chunk(TwoVelocities(), x, torch.zeros(1, 3, 4, 8, 8), (*text, *text), s)
+    # Velocity 3 + h (1 - 3) from t = 1 to 0: the chunk moves by minus that.
+    assert torch.allclose(later, x - (3.0 - 2.0 * history))
+    first = sample_chunk(TwoVelocities(), x, None, (*text, *text), s)  # no context: no history
+    assert torch.allclose(first, x - 3.0)

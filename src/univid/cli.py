@@ -117,6 +117,8 @@ def _generate(args: argparse.Namespace) -> int | None:
     out = check_output_path(args.out)
     if args.frames is not None or args.prompt_at:
         return _generate_stream(args, prompt, out)
+    if args.history_guidance is not None:
+        raise InputError("--history-guidance needs --frames (streamed generation)")
     if args.model is None:
         asked = (args.guidance, args.solver, args.shift, args.step_cache, args.lora)
         args.model, note = default_model(args.steps, any(a is not None for a in asked))
@@ -181,6 +183,7 @@ def _generate_stream(args: argparse.Namespace, prompt: str, out: Path) -> int:
         prompt_at=prompt_at,
         solver=args.solver,
         shift=args.shift,
+        history_guidance=args.history_guidance,
     )
     fps = pipe.config.data.fps
     try:
@@ -211,6 +214,8 @@ def _eval(args: argparse.Namespace) -> None:
         args.model = STREAMING_MODEL if args.mode == LONG_MODE else DEFAULT_MODEL
     if args.mode == LONG_MODE:
         return _eval_long(args, out, grid)
+    if args.history_guidance is not None:
+        raise InputError(f"--history-guidance needs --mode {LONG_MODE} (streamed videos)")
     report, videos = evaluate(
         _pipeline(args),
         model=str(args.model),
@@ -252,6 +257,7 @@ def _eval_long(args: argparse.Namespace, out: Path, grid: Path) -> None:
         guidance=args.guidance,
         solver=args.solver,
         shift=args.shift,
+        history_guidance=args.history_guidance,
         batch_size=args.batch_size,
         prompt_set=args.prompts,
     )

@@ -118,6 +118,17 @@ def add_stream_options(p: argparse.ArgumentParser) -> None:
         metavar=("FRAME", "PROMPT"),
         help="with --frames: a new prompt from the first chunk at or after FRAME; repeatable",
     )
+    add_history_option(p, "with --frames")
+
+
+def add_history_option(p: argparse.ArgumentParser, where: str) -> None:
+    p.add_argument(
+        "--history-guidance",
+        type=number("stream.history_guidance"),
+        metavar="S",
+        help=f"{where}: guide each chunk after the first by its context, against itself made "
+        "without it (1 = off; default: the model's stream.history_guidance)",
+    )
 
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -291,6 +302,7 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
         default=LONG_FRAMES,
         help=f"--mode {LONG_MODE}: frames of each video",
     )
+    add_history_option(p, f"--mode {LONG_MODE}")
     add_choice(
         p,
         "--prompts",

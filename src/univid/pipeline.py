@@ -330,19 +330,29 @@ class Pipeline:
         context_time: float | None = None,
         kv_cache: bool = True,
         context_guidance: float | None = None,
+        history_guidance: float | None = None,
     ) -> Iterator[np.ndarray]:
         """Stream one video per seed, in one batch: yields uint8 chunks (N, f, H, W, 3) until
         ``frames`` frames are out.
 
         ``prompts`` maps frames to prompt lists (one per video), {0: [...]} at least: each
         holds from the first chunk that starts at or after its frame. ``guidance_scale`` guides
-        the first chunk, ``context_guidance`` (default ``stream.guidance``) the others;
+        the first chunk, ``context_guidance`` (default ``stream.guidance``) the others, and
+        ``history_guidance`` (default ``stream.history_guidance``) pushes each of them away
+        from itself made without its context;
         ``context_time`` (default ``stream.context_time``) is the time the context is given
         at; ``kv_cache=False`` recomputes the context at every step (the same video, slower).
         """
         cfg = self.config
         settings = self._stream_settings(
-            num_steps, guidance_scale, solver, shift, context_time, context_guidance, kv_cache
+            num_steps,
+            guidance_scale,
+            solver,
+            shift,
+            context_time,
+            context_guidance,
+            kv_cache,
+            history_guidance,
         )
         STREAM_FRAMES.check("frames", frames)
         for s in seeds:
@@ -382,6 +392,7 @@ class Pipeline:
         num_steps: int | None = None,
         context_guidance: float | None = None,
         context_time: float | None = None,
+        history_guidance: float | None = None,
     ) -> np.ndarray:
         """The chunk a streaming model makes after given frames: uint8 (N, T, H, W, 3) context
         (T a multiple of the chunk's frames, the anchor and window as generation holds them)
@@ -390,7 +401,7 @@ class Pipeline:
         frames = np.asarray(frames)
         cfg, n = self.config, len(seeds)
         settings = self._stream_settings(
-            num_steps, None, None, None, context_time, context_guidance, True
+            num_steps, None, None, None, context_time, context_guidance, True, history_guidance
         )
         per_chunk = cfg.model.chunk * cfg.model.patch[0]
         d = cfg.data
@@ -461,6 +472,7 @@ class Pipeline:
         context_time: float | None,
         context_guidance: float | None,
         kv_cache: bool,
+        history_guidance: float | None = None,
     ) -> StreamSettings:
         """How :meth:`stream_batch` samples each chunk: the arguments, else the config's
         ``flow`` and ``stream`` sections, checked."""
@@ -475,8 +487,12 @@ class Pipeline:
         context_time = st.context_time if context_time is None else context_time
         context_guidance = st.guidance if context_guidance is None else context_guidance
         RANGES["stream.context_time"].check("context_time", context_time)
+        history = st.history_guidance if history_guidance is None else history_guidance
         RANGES["stream.guidance"].check("context_guidance", context_guidance)
-        return StreamSettings(steps, scale, context_guidance, solver, shift, context_time, kv_cache)
+        RANGES["stream.history_guidance"].check("history_guidance", history)
+        return StreamSettings(
+            steps, scale, context_guidance, solver, shift, context_time, kv_cache, history
+        )
 
     def _stream_texts(
         self, prompts: Mapping[int, Sequence[str]], videos: int

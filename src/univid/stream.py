@@ -36,6 +36,7 @@ class StreamSettings:
     shift: float = 1.0
     context_time: float = 0.0
     kv_cache: bool = True
+    history_guidance: float = 1.0  # a later chunk's, against the chunk without its context
 
 
 def chunk_network(
@@ -84,12 +85,24 @@ def sample_chunk(
     """One chunk's latents, sampled by the ODE from its noise ``x`` after ``context`` (latents
     (B, C, Tc, h, w) as given, or None for the first chunk) with ``captions`` = (caption, mask,
     empty caption, its mask): the first chunk guided by ``s.guidance``, a later one by
-    ``s.context_guidance``."""
+    ``s.context_guidance`` and, against the same chunk made without its context, by
+    ``s.history_guidance``."""
     text, mask, null, null_mask = captions
     scale = s.guidance if context is None else s.context_guidance
     both, both_mask = guidance_inputs(text, mask, null, null_mask, scale)
     network = chunk_network(model, context, both, both_mask, s)
     velocity = guided(network, text, mask, null, null_mask, scale)
+    if context is not None and s.history_guidance != 1.0:
+        given, free, h = (
+            velocity,
+            guided(model, text, mask, null, null_mask, scale),
+            s.history_guidance,
+        )
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            alone = free(x, t)
+            return alone + h * (given(x, t) - alone)
+
     return ode_sample(velocity, x, s.steps, s.solver, s.shift)
 
 

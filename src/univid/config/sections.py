@@ -286,6 +286,12 @@ class StreamConfig:
     """Generation: classifier-free guidance of every chunk after the first (the first, made from
     the caption alone, takes flow.guidance). Guidance above 1 amplifies what each chunk adds to
     its context, and objects grow chunk after chunk (docs/stream.md measures it)."""
+    history_guidance: float = 1.0
+    """Generation: guidance of every chunk after the first by its history: the chunk's velocity
+    given its context, pushed away from its velocity without it (the model making a first
+    chunk from the caption alone) by this scale, as in History Guidance (Song et al., 2025).
+    Above 1 each chunk holds more closely to the motion its context shows (docs/stream.md);
+    1 is off and costs nothing, else one more forward of the chunk alone a step."""
     start_share: float = 0.5
     """Training (the bouncing world): the share of windows that open their clip, where a
     generation begins with less context (0 .. window frames, uniformly); the others start later
@@ -452,6 +458,7 @@ RANGES: dict[str, Range] = {
     "stream.context_noise": FRACTION,
     "stream.context_time": FRACTION,
     "stream.guidance": Range(0, 1_000, real=True),
+    "stream.history_guidance": Range(0, 1_000, real=True),
     "stream.start_share": FRACTION,
 }
 

@@ -38,6 +38,7 @@ def evaluate_long(
     shift: float | None = None,
     context_time: float | None = None,
     context_guidance: float | None = None,
+    history_guidance: float | None = None,
     batch_size: int = 42,
     progress: bool = True,
     prompt_set: str = "world",
@@ -68,6 +69,7 @@ def evaluate_long(
             shift,
             context_time,
             context_guidance=context_guidance,
+            history_guidance=history_guidance,
         ):
             parts.append(part)
             bar.update(part.shape[0] * part.shape[1])
@@ -110,6 +112,9 @@ def evaluate_long(
             "shift": flow.shift if shift is None else shift,
             "context_time": stream.context_time if context_time is None else context_time,
             "context_guidance": stream.guidance if context_guidance is None else context_guidance,
+            "history_guidance": (
+                stream.history_guidance if history_guidance is None else history_guidance
+            ),
             "window": stream.window,
             "chunk": chunk,
             "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
@@ -127,6 +132,7 @@ def evaluate_next_chunk(
     seed: int = EVAL_SEED_OFFSET,
     steps: int | None = None,
     context_guidance: float | None = None,
+    history_guidance: float | None = None,
     batch_size: int = 64,
     progress: bool = True,
 ) -> dict:
@@ -157,6 +163,7 @@ def evaluate_next_chunk(
             [seed + first + i for i in range(len(items))],
             steps,
             context_guidance,
+            history_guidance=history_guidance,
         )
         made = np.concatenate([truth[:, :context], chunk], axis=1)
         for (_, _, clip, _), m, t in zip(items, made, truth):
@@ -186,6 +193,9 @@ def evaluate_next_chunk(
             "chunk": per_chunk,
             "steps": steps or cfg.flow.sample_steps,
             "context_guidance": st.guidance if context_guidance is None else context_guidance,
+            "history_guidance": st.history_guidance
+            if history_guidance is None
+            else history_guidance,
             "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
             "sampling_seconds": round(time.perf_counter() - start, 2),
         },
