@@ -2,7 +2,8 @@
 length, and long-video quality. Every mode prints JSON lines (with the CPU flags and threads).
 
 ``--speed``: frames per second streaming ``--frames`` frames at batch 1 and 16 (per video), and
-the real-time factor against the model's playback fps; then, at batch 1, the KV cache against
+the real-time factor against the model's playback fps, without history guidance and with the
+model's (or each ``--history-guidance``); then, at batch 1, the KV cache against
 recomputing the context at every step, the two in turn ``--repeats`` times (ratios pair by pair:
 timings on shared machines drift), with how far the two videos differ (uint8 levels) in fp32
 and in the precision measured.
@@ -63,19 +64,27 @@ def speed(args: argparse.Namespace) -> None:
     pipe = Pipeline.from_pretrained(args.model, device="cpu")
     fps = pipe.config.data.fps
     stream_seconds(pipe, 16, 1)  # warm-up
-    for batch in (1, 16):
-        seconds = statistics.median(
-            stream_seconds(pipe, args.frames, batch)[0] for _ in range(args.repeats)
-        )
-        per_second = args.frames * batch / seconds
-        row = {"what": "stream", "batch": batch, "frames": args.frames, "seconds": seconds}
-        print(json.dumps({**row, "fps": per_second, "realtime": per_second / fps, **machine()}))
-    for precision in ("fp32", pipe.precision):
+    # Off (the KV cache's own figure) and the model's own setting, which adds a forward a step.
+    histories = args.history_guidance or sorted({1.0, pipe.config.stream.history_guidance})
+    for history in histories:
+        for batch in (1, 16):
+            seconds = statistics.median(
+                stream_seconds(pipe, args.frames, batch, history_guidance=history)[0]
+                for _ in range(args.repeats)
+            )
+            per_second = args.frames * batch / seconds
+            row = {"what": "stream", "batch": batch, "frames": args.frames, "seconds": seconds}
+            rates = {"fps": per_second, "realtime": per_second / fps}
+            print(json.dumps({**row, **rates, "history_guidance": history, **machine()}))
+    default = pipe.precision
+    for history, precision in itertools.product(histories, ("fp32", default)):
         pipe.precision = precision
         ratios, cached, recomputed = [], None, None
         for _ in range(args.repeats):
-            with_cache, cached = stream_seconds(pipe, args.frames, 1)
-            without, recomputed = stream_seconds(pipe, args.frames, 1, kv_cache=False)
+            with_cache, cached = stream_seconds(pipe, args.frames, 1, history_guidance=history)
+            without, recomputed = stream_seconds(
+                pipe, args.frames, 1, kv_cache=False, history_guidance=history
+            )
             ratios.append(without / with_cache)
         diff = np.abs(cached.astype(int) - recomputed.astype(int))
         print(
@@ -83,6 +92,7 @@ def speed(args: argparse.Namespace) -> None:
                 {
                     "what": "kv_cache_vs_recompute",
                     "precision": precision,
+                    "history_guidance": history,
                     "frames": args.frames,
                     "speedup_median": statistics.median(ratios),
                     "speedups": ratios,
