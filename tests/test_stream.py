@@ -253,6 +253,29 @@ def test_generate_frames_writes_a_streamed_mp4(model_dir, tmp_path):
     assert bad.returncode == 2 and "--num does not combine with --frames" in bad.stderr
 
 
+def test_generate_history_guidance_changes_the_chunks_after_the_first(model_dir, tmp_path):
+    def generate(*extra: str) -> subprocess.CompletedProcess:
+        args = ["generate", "a red circle moving right", "--model", str(model_dir)]
+        return subprocess.run(
+            univid(*args, "--precision", "fp32", *extra),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    videos = []
+    for h in ("1", "3"):
+        out = tmp_path / f"h{h}.npy"
+        run = generate("--frames", "6", "--history-guidance", h, "--out", str(out))
+        assert run.returncode == 0, run.stderr
+        videos.append(np.load(out))
+    assert videos[0].shape == videos[1].shape == (6, 16, 16, 3)
+    assert np.array_equal(videos[0][:2], videos[1][:2])  # the first chunk has no history
+    assert not np.array_equal(videos[0][2:], videos[1][2:])
+    bad = generate("--history-guidance", "2", "--out", str(tmp_path / "clip.npy"))
+    assert bad.returncode == 2 and "--history-guidance needs --frames" in bad.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_stream_leaves_a_playable_file(model_dir, tmp_path, sig):
     out = tmp_path / "long.mp4"
@@ -440,7 +463,7 @@ class WorldStandIn:
         self.seed, self.frozen = seed, frozen
         self.world = BounceWorld(6, 16, 16, seed, 0.0, 0)
 
-    def next_chunk(self, frames, prompts, seeds, steps=None, context_guidance=None):
+    def next_chunk(self, frames, prompts, seeds, steps=None, context_guidance=None, **settings):
         if self.frozen:
             return np.repeat(frames[:, -1:], 2, axis=1)
         return np.stack([self.world[s - self.seed][0][4:] for s in seeds])
