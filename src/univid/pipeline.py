@@ -405,16 +405,8 @@ class Pipeline:
         )
         per_chunk = cfg.model.chunk * cfg.model.patch[0]
         d = cfg.data
-        if (
-            frames.dtype != np.uint8
-            or frames.shape[0] != n
-            or frames.shape[2:]
-            != (
-                d.height,
-                d.width,
-                3,
-            )
-        ):
+        expected = (d.height, d.width, 3)
+        if frames.dtype != np.uint8 or frames.shape[0] != n or frames.shape[2:] != expected:
             raise InputError(
                 f"context must be uint8 (N={n}, T, {d.height}, {d.width}, 3), got "
                 f"{frames.dtype} {tuple(frames.shape)}"

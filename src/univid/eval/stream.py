@@ -193,9 +193,9 @@ def evaluate_next_chunk(
             "chunk": per_chunk,
             "steps": steps or cfg.flow.sample_steps,
             "context_guidance": st.guidance if context_guidance is None else context_guidance,
-            "history_guidance": st.history_guidance
-            if history_guidance is None
-            else history_guidance,
+            "history_guidance": (
+                st.history_guidance if history_guidance is None else history_guidance
+            ),
             "precision": precision_name(autocast_dtype(pipe.precision, pipe.device)),
             "sampling_seconds": round(time.perf_counter() - start, 2),
         },
