@@ -24,7 +24,7 @@ from univid.given import frames_from, to_given
 from univid.limits import LORA_SCALE, NUM_VIDEOS, SEED, STREAM_FRAMES
 from univid.memory import check_fits, generation
 from univid.step_cache import StepCache
-from univid.stream import StreamSettings, sample_chunk, stream_latents
+from univid.stream import StreamSettings, context_at, sample_chunk, stream_latents
 from univid.text import TextEncoder
 from univid.text.clean import clean_text
 from univid.video import to_uint8
@@ -363,12 +363,7 @@ class Pipeline:
         t, h, w = self.autoencoder.latent_shape(per_chunk, data.height, data.width)
         if t != per_chunk:
             raise InputError("streaming needs an autoencoder without temporal compression")
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-
-        def noise(n: int) -> torch.Tensor:
-            shape = (model.in_channels, n, h, w)
-            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-
+        noise = self._noise_streams(seeds, h, w)
         amp = autocast_dtype(self.precision, self.device)
         made = 0
         with speed.attention(self.model, self.attention), autocast(self.device, amp):
@@ -418,16 +413,24 @@ class Pipeline:
         texts = self._stream_texts({0: list(prompts)}, n)(0)
         x = torch.from_numpy(frames).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
         context = self.autoencoder.encode(x.to(self.device))
-        shape = (cfg.model.in_channels, per_chunk, *context.shape[3:])
-        gens = [torch.Generator().manual_seed(s) for s in seeds]
-        noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
-        if t := settings.context_time:
-            again = torch.stack([torch.randn(context.shape[1:], generator=g) for g in gens])
-            context = (1 - t) * context + t * again.to(self.device)
+        noise = self._noise_streams(seeds, *context.shape[3:])
+        x = noise(per_chunk)  # the chunk's noise first, then the context's, as in streaming
+        context = context_at(context, noise, settings)
         amp = autocast_dtype(self.precision, self.device)
         with speed.attention(self.model, self.attention), autocast(self.device, amp):
-            chunk = sample_chunk(self.model, noise, context, texts, settings)
+            chunk = sample_chunk(self.model, x, context, texts, settings)
         return to_uint8(self.autoencoder.decode(chunk.float()))
+
+    def _noise_streams(self, seeds: Sequence[int], h: int, w: int) -> Callable[[int], torch.Tensor]:
+        """noise(n): the next n latent frames (B, C, n, h, w) of each seed's own noise stream."""
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        channels = self.config.model.in_channels
+
+        def noise(n: int) -> torch.Tensor:
+            shape = (channels, n, h, w)
+            return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(self.device)
+
+        return noise
 
     def _sampling(
         self,

@@ -93,17 +93,33 @@ def sample_chunk(
     network = chunk_network(model, context, both, both_mask, s)
     velocity = guided(network, text, mask, null, null_mask, scale)
     if context is not None and s.history_guidance != 1.0:
-        given, free, h = (
-            velocity,
-            guided(model, text, mask, null, null_mask, scale),
-            s.history_guidance,
-        )
-
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            alone = free(x, t)
-            return alone + h * (given(x, t) - alone)
-
+        alone = guided(model, text, mask, null, null_mask, scale)  # the chunk without context
+        velocity = _history_guided(velocity, alone, s.history_guidance)
     return ode_sample(velocity, x, s.steps, s.solver, s.shift)
+
+
+def _history_guided(
+    given: Callable[..., torch.Tensor], alone: Callable[..., torch.Tensor], scale: float
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """v = v_alone + scale (v_given - v_alone): the velocity with context pushed away from the
+    velocity without it."""
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        free = alone(x, t)
+        return free + scale * (given(x, t) - free)
+
+    return velocity
+
+
+def context_at(
+    made: torch.Tensor | None, noise: Callable[[int], torch.Tensor], s: StreamSettings
+) -> torch.Tensor | None:
+    """The context as the model is given it: the frames ``made`` so far re-noised to
+    ``s.context_time`` with the next frames of ``noise`` (as they are at 0; None stays None)."""
+    if made is None or s.context_time <= 0:
+        return made
+    t = s.context_time
+    return (1 - t) * made + t * noise(made.shape[2])
 
 
 @torch.no_grad()
@@ -129,12 +145,7 @@ def stream_latents(
     made: torch.Tensor | None = None  # the context: the anchor, then the last window frames
     for start in range(0, frames, step):
         x = noise(step)
-        if made is not None and s.context_time > 0:
-            t = s.context_time
-            context = (1 - t) * made + t * noise(made.shape[2])
-        else:
-            context = made
-        x = sample_chunk(model, x, context, texts(start), s)
+        x = sample_chunk(model, x, context_at(made, noise, s), texts(start), s)
         yield x
         made = x if made is None else torch.cat([made, x], dim=2)
         if made.shape[2] > first + keep:
