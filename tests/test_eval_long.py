@@ -21,6 +21,7 @@ from univid.data.shapes import (
 from univid.eval.groundtruth import add_noise
 from univid.eval.long import (
     LONG_FAILURES,
+    LONG_REASONS,
     judge_long,
     judge_next_chunk,
     plot_drift,
@@ -65,7 +66,7 @@ def test_ground_truth_passes_every_rule(sigma):
         clip = sample_bounce(rng, shape=shape, direction=direction)
         video = add_noise(render_frames(clip, range(FRAMES)), sigma, rng)
         verdict = _judge(video, clip)
-        assert verdict.failure is None, (clip, verdict.failure)
+        assert verdict.failure is None and verdict.reasons == (), (clip, verdict.reasons)
         assert verdict.identity == 1.0 and verdict.start_direction == direction
         assert abs(verdict.speed - clip.speed) < 0.1 and verdict.mid_reversals == 0
         assert verdict.reversals >= 10  # it really bounces, many times
@@ -74,6 +75,65 @@ def test_ground_truth_passes_every_rule(sigma):
 
 def test_every_failure_name_is_known():
     assert LONG_FAILURES == ("identity", "direction", "seam", "speed", "bounce")
+    assert set(LONG_REASONS.values()) == set(LONG_FAILURES)
+
+
+def _wall_frame(clip: BounceClip, start: int) -> int:
+    """The first frame from ``start`` on nearest a wall: where the motion turns next."""
+    return next(f for f in range(start, start + 40) if _sign(clip, f) != _sign(clip, f + 1))
+
+
+def _stalled(clip: BounceClip, at: int, extra: int) -> np.ndarray:
+    """The clip with frame ``at`` held for ``extra`` more frames, the rest delayed after it."""
+    times = [f if f <= at else max(at, f - extra) for f in range(FRAMES)]
+    return _draw(clip, [clip.centre(t) for t in times])
+
+
+@pytest.mark.parametrize("direction", ["right", "down"])
+def test_reasons_name_the_fault_a_person_would_see(direction):
+    clip = CLIPS[direction]
+    axis = _axis(clip)
+    # One frame held in mid-flight: a stall, and nothing else is wrong.
+    middle = next(f for f in range(100, 140) if abs(clip.centre(f)[axis] - 16) < 2)
+    verdict = _judge(_stalled(clip, middle, 1), clip)
+    assert verdict.reasons == ("stall",) and verdict.failure == "speed"
+    # Two frames held at a wall (the world turns in one): a hesitation at the wall.
+    wall = _wall_frame(clip, 100)
+    verdict = _judge(_stalled(clip, wall, 2), clip)
+    assert verdict.reasons == ("stall_at_wall",) and verdict.failure == "speed"
+
+    # At every bounce, the frame nearest the wall drawn 1.5 px past it: cut by the frame's
+    # edge, though the centroid of what is left stays inside.
+    def past(by: float) -> np.ndarray:
+        centres = [list(clip.centre(f)) for f in range(FRAMES)]
+        for f in range(1, FRAMES - 1):
+            here, before, after = (centres[g][axis] for g in (f, f - 1, f + 1))
+            if (here - before) * (after - here) < 0:  # the turn: the frame nearest the wall
+                centres[f][axis] = clip.radius - by if here < 16 else 32 - clip.radius + by
+        return _draw(clip, [tuple(c) for c in centres])
+
+    verdict = _judge(past(1.5), clip)
+    assert verdict.reasons == ("cut",) and verdict.failure == "bounce"
+    # By 0.5 px it is still right: the judge allows WALL_TOLERANCE (1 px).
+    assert _judge(past(0.5), clip).reasons == ()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("wall", ["left", "right", "up", "down"])
+def test_a_cut_of_two_pixels_is_seen_on_every_shape_and_wall(shape, wall):
+    """One frame 2 px past a wall between frames that move towards it: whatever the shape and
+    whichever wall (a triangle's apex, its base), the object is judged cut or outside."""
+    clip = sample_bounce(np.random.default_rng([33, len(wall)]), shape=shape, direction=wall)
+    axis = 0 if wall in ("left", "right") else 1
+    r, towards = clip.radius, 1 if wall in ("right", "down") else -1
+    wall_at = 32 - r if towards > 0 else r
+    path = [wall_at - towards * 2 * (8 - f) for f in range(8)]  # 2 px a frame to the wall
+    path += [wall_at + towards * 2.0] + [wall_at - towards * 2 * f for f in range(1, 9)]
+    centres = [tuple(p if a == axis else clip.start[a] for a in range(2)) for p in path]
+    video = _draw(clip, centres)
+    video = np.concatenate([video] * 2)  # 34 frames: long enough to judge
+    verdict = _judge(video, clip)
+    assert {"cut", "outside"} & set(verdict.reasons), verdict.reasons
 
 
 def test_a_jump_at_a_chunk_border_is_a_seam():
@@ -167,6 +227,7 @@ def test_a_reversal_in_the_middle_of_the_frame_is_not_a_bounce(direction):
     times = [f if f <= turn else 2 * turn - f for f in range(FRAMES)]
     verdict = _judge(_draw(clip, [clip.centre(t) for t in times]), clip)
     assert verdict.failure == "bounce" and verdict.mid_reversals == 1
+    assert "mid_air_turn" in verdict.reasons and "outside" not in verdict.reasons
 
 
 def test_summary_pools_verdicts_and_plots_drift(tmp_path):
@@ -180,6 +241,7 @@ def test_summary_pools_verdicts_and_plots_drift(tmp_path):
     assert summary["right"] == 0.75
     assert summary["right_wilson95"] == list(wilson_interval(3, 4))
     assert summary["failures"] == {k: (0.25 if k == "direction" else 0.0) for k in LONG_FAILURES}
+    assert summary["reasons"] == {k: (0.25 if k == "direction" else 0.0) for k in LONG_REASONS}
     assert summary["identity"] == 1.0
     seam = summary["seam"]
     assert seam["videos"] == 4 and seam["border_error"] < 0.2 and seam["inside_error"] < 0.2

@@ -267,7 +267,7 @@ def _eval_long(args: argparse.Namespace, out: Path, grid: Path) -> None:
     failures.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
     if len(failed):
         save_video(tile(failed), failures, fps=8, scale=4)
-    keys = ("mode", "videos", "right", "right_wilson95", "failures", "identity")
+    keys = ("mode", "videos", "right", "right_wilson95", "failures", "reasons", "identity")
     summary = {**{k: report[k] for k in keys}, "seam": report["seam"], **report["settings"]}
     paths = {"report": str(out), "drift": str(grid), "failures_gif": len(failed) and str(failures)}
     print(json.dumps({**summary, **paths}))

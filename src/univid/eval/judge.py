@@ -254,7 +254,20 @@ def _object_frame(frame: np.ndarray, level: np.ndarray, blob: np.ndarray) -> dic
     stats["pixels"] = pixels if len(pixels) else frame[blob]
     stats["colour"] = _nearest_colour(stats["pixels"].astype(np.float64).mean(axis=0))
     stats["radius"], stats["misfit"] = _template_misfit(level, blob, stats["shape"])
+    stats["extent"], stats["edges"] = _extent(level, blob)
     return stats
+
+
+def _extent(level: np.ndarray, blob: np.ndarray) -> tuple[tuple[float, float], tuple[bool, ...]]:
+    """The object's extent along x and along y in px (each row or column counts the share of
+    the object's full level its brightest pixel reaches, so an anti-aliased border counts in
+    part), and which of the frame's edges (left, right, top, bottom) it touches."""
+    inside = np.where(blob, level.astype(np.float64), 0.0)
+    full = max(float(np.quantile(inside[blob], 0.9)), 1.0)
+    along_x = float(np.minimum(inside.max(axis=0) / full, 1.0).sum())
+    along_y = float(np.minimum(inside.max(axis=1) / full, 1.0).sum())
+    edges = (blob[:, 0].any(), blob[:, -1].any(), blob[0].any(), blob[-1].any())
+    return (along_x, along_y), tuple(bool(e) for e in edges)
 
 
 def _frames(video: np.ndarray, scale: float) -> tuple[list[int], list[dict]]:

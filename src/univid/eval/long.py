@@ -46,6 +46,22 @@ LONG_FAILURES: tuple[str, ...] = (
     "bounce",  # leaves the frame, drifts off its axis, or reverses away from a wall
 )
 
+# Every way a long video breaks a rule, and the rule (of LONG_FAILURES) it breaks. A verdict
+# names all that apply (``LongVerdict.reasons``), not just the first rule: what to fix.
+LONG_REASONS: dict[str, str] = {
+    "identity": "identity",  # the prompt's one object, at its first size, in too few frames
+    "direction": "direction",  # the first motion goes against the prompt
+    "seam": "seam",  # a step above SEAM_FACTOR x the video's speed
+    "speed_range": "speed",  # the video's speed outside the world's (widened)
+    "speed_window": "speed",  # a SPEED_WINDOW stretch too slow or too fast for the video
+    "stall": "speed",  # a still step away from every wall
+    "stall_at_wall": "speed",  # two still steps in a row (the world folds in one)
+    "outside": "bounce",  # the centre past a wall (its centroid, which a cut moves inwards)
+    "cut": "bounce",  # at the frame's edge, shorter across it than just before and after
+    "off_axis": "bounce",  # drifts across its axis of motion
+    "mid_air_turn": "bounce",  # reverses away from every wall
+}
+
 # Share of frames that must show exactly one object of the prompt's colour and (clear) shape,
 # of the video's own size (the issue's figure). Ground truth: 1.000 in every video.
 IDENTITY_SHARE = 0.95
@@ -80,6 +96,14 @@ STILL_FRACTION = 0.25
 # is at a wall when its turning frame is within speed + tol of one. Ground truth's measured
 # centre is off the true one by at most 0.16 px (plain) and 0.21 px (noise).
 WALL_TOLERANCE = 1.0
+# A frame whose object touches the frame's edge is cut when its extent across that edge falls
+# short of the median extent of the frames within CUT_WINDOW that touch no edge by more than
+# WALL_TOLERANCE. The centroid alone cannot tell: a cut moves it inwards, by 0.66 px for a
+# square cut 3 px deep and not at all for a triangle cut at its base. The extent reads a
+# square's cut exactly, a circle's and a triangle's base and sides to 0.3 px, a triangle's apex
+# short (3 px reads 1.75; the centroid rule reads that one, 2.07). Ground truth: 0.50 px at
+# most (plain; 0.38 in noise) over about 800 frames at the edge.
+CUT_WINDOW = 8
 # The centre may drift off the motion's axis (across it) by this many px from its start. Ground
 # truth drifts at most 0.08 px (plain) and 0.15 px (noise).
 DRIFT_TOLERANCE = 2.0
@@ -106,6 +130,7 @@ class LongVerdict:
     reversals: int  # reversals of the motion along its axis
     mid_reversals: int  # of which away from every wall
     reference_radius: float  # median radius of the first chunks, px
+    reasons: tuple[str, ...] = ()  # every rule broken (LONG_REASONS' keys); () when right
     radius: tuple[float, ...] = ()
     colour_error: tuple[float, ...] = ()  # RGB distance of the object's colour to the palette's
     step: tuple[float, ...] = ()
@@ -120,10 +145,13 @@ def _track(video: np.ndarray, colour: str, shape: str) -> dict[str, np.ndarray]:
     track = {k: np.full(frames, np.nan) for k in ("x", "y", "radius", "colour_error")}
     track["count"] = np.asarray(counts)
     track["kind"] = np.zeros(frames, dtype=bool)
+    track["extent"] = np.full((frames, 2), np.nan)  # along x, along y
+    track["edges"] = np.zeros((frames, 4), dtype=bool)  # left, right, top, bottom
     palette = np.asarray(ALL_COLOURS[colour], dtype=np.float64)
     for s in stats:
         t = s["t"]
         track["x"][t], track["radius"][t] = s["x"], s["radius"]
+        track["extent"][t], track["edges"][t] = s["extent"], s["edges"]
         # A triangle's centroid sits r/3 below its box centre (univid.data.shapes._coverage).
         track["y"][t] = s["y"] - (s["radius"] / 3 if shape == "triangle" else 0.0)
         mean = s["pixels"].astype(np.float64).mean(axis=0)
@@ -150,6 +178,23 @@ def _identity(track: dict, reference: int, scale: float) -> tuple[np.ndarray, fl
     return track["kind"] & keeps & sized, ref
 
 
+def _cut(track: dict, tolerance: float) -> bool:
+    """Whether a frame at the frame's edge is shorter across that edge than its neighbours off
+    every edge (the median over CUT_WINDOW frames either side) by more than ``tolerance``."""
+    extent, edges = track["extent"], track["edges"]
+    touches = edges.any(axis=1)
+    free = ~touches & np.isfinite(extent[:, 0])
+    for t in np.flatnonzero(touches):
+        near = slice(max(0, t - CUT_WINDOW), t + CUT_WINDOW + 1)
+        if free[near].sum() < 3:
+            continue
+        reference = np.median(extent[near][free[near]], axis=0)
+        for axis, sides in ((0, slice(0, 2)), (1, slice(2, 4))):
+            if edges[t, sides].any() and reference[axis] - extent[t, axis] > tolerance:
+                return True
+    return False
+
+
 def _near_wall(position: np.ndarray, limits: tuple[float, float], reach: float) -> np.ndarray:
     """Whether each position lies within ``reach`` of a wall (the centre's limits)."""
     with np.errstate(invalid="ignore"):
@@ -172,14 +217,12 @@ def _direction_ok(sign: int, step: int, first: float, limits: tuple, reach: floa
     return sign == -step and abs(first - wall) <= reach
 
 
-def _stalls(axis_steps: np.ndarray, near: np.ndarray, still: float) -> bool:
-    """A still step away from a wall, or two still steps in a row."""
+def _stalls(axis_steps: np.ndarray, near: np.ndarray, still: float) -> tuple[bool, bool]:
+    """(a still step away from a wall, two still steps in a row)."""
     with np.errstate(invalid="ignore"):
         still_steps = np.abs(axis_steps) < still
-    if not still_steps.any():
-        return False
     at_wall = near[:-1] | near[1:]
-    return bool((still_steps & ~at_wall).any() or (still_steps[1:] & still_steps[:-1]).any())
+    return bool((still_steps & ~at_wall).any()), bool((still_steps[1:] & still_steps[:-1]).any())
 
 
 def _window_speeds_ok(steps: np.ndarray, speed: float) -> bool:
@@ -262,7 +305,7 @@ def judge_long(
     first = pos[np.isfinite(pos)][0] if np.isfinite(pos).any() else float("nan")
     with np.errstate(invalid="ignore"):
         drift = float(np.nanmax(np.abs(across - np.nanmedian(across[:reference]))))
-        inside = all(
+        outside = not all(
             bool(
                 np.all(
                     (p[np.isfinite(p)] >= ref_radius - tolerance)
@@ -275,21 +318,27 @@ def judge_long(
     border_error, inside_error = _seam_errors(steps, ~(near[:-1] | near[1:]), speed, chunk)
     max_step = float(np.nanmax(steps)) if np.isfinite(steps).any() else float("nan")
 
-    checks = {
-        "identity": float(kept.mean()) >= IDENTITY_SHARE,
-        "direction": _direction_ok(sign, step_x + step_y, first, limits, reach),
-        "seam": not max_step > SEAM_FACTOR * ref_speed,
-        "speed": (
-            world[0] / SPEED_TOLERANCE <= speed <= world[1] * SPEED_TOLERANCE
-            and _window_speeds_ok(steps, speed)
-            and not _stalls(np.where(np.isfinite(steps), np.diff(pos), np.nan), near, still)
-        ),
-        "bounce": inside and drift <= DRIFT_TOLERANCE * scale and mid == 0,
+    stall, stall_at_wall = _stalls(np.where(np.isfinite(steps), np.diff(pos), np.nan), near, still)
+    broken = {
+        "identity": float(kept.mean()) < IDENTITY_SHARE,
+        "direction": not _direction_ok(sign, step_x + step_y, first, limits, reach),
+        "seam": max_step > SEAM_FACTOR * ref_speed,
+        "speed_range": not world[0] / SPEED_TOLERANCE <= speed <= world[1] * SPEED_TOLERANCE,
+        "speed_window": not _window_speeds_ok(steps, speed),
+        "stall": stall,
+        "stall_at_wall": stall_at_wall,
+        "outside": outside,
+        "cut": _cut(track, tolerance),
+        "off_axis": not drift <= DRIFT_TOLERANCE * scale,
+        "mid_air_turn": mid > 0,
     }
-    failure = next((kind for kind in LONG_FAILURES if not checks[kind]), None)
+    reasons = tuple(reason for reason in LONG_REASONS if broken[reason])
+    rules = {LONG_REASONS[reason] for reason in reasons}
+    failure = next((kind for kind in LONG_FAILURES if kind in rules), None)
     names = {1: "right", -1: "left"} if on_x else {1: "down", -1: "up"}
     return LongVerdict(
         failure=failure,
+        reasons=reasons,
         frames=frames,
         chunk=chunk,
         identity=float(kept.mean()),
@@ -404,7 +453,8 @@ def _seam_statistics(verdicts: list[LongVerdict]) -> dict:
 
 def summarize_long(verdicts: list[LongVerdict], chunk: int) -> dict:
     """Pool long-video verdicts into a JSON-ready summary: share right with its Wilson 95 %
-    interval, share per failure (LONG_FAILURES), mean identity, seam statistics (border against
+    interval, share per failure (LONG_FAILURES) and per broken rule whatever came first
+    (LONG_REASONS: a video may count in several), mean identity, seam statistics (border against
     inside step error) and the drift series per frame index (nan as None)."""
     if not verdicts:
         raise ValueError("summarize_long needs at least one verdict")
@@ -419,6 +469,7 @@ def summarize_long(verdicts: list[LongVerdict], chunk: int) -> dict:
         "failures": {
             k: sum(v.failure == k for v in verdicts) / len(verdicts) for k in LONG_FAILURES
         },
+        "reasons": {k: sum(k in v.reasons for v in verdicts) / len(verdicts) for k in LONG_REASONS},
         "identity": float(np.mean([v.identity for v in verdicts])),
         "seam": _seam_statistics(verdicts),
         "drift": _drift_series(verdicts),

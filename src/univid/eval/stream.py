@@ -89,6 +89,7 @@ def evaluate_long(
             {
                 **item,
                 "failure": v.failure,
+                "reasons": list(v.reasons),
                 "identity": v.identity,
                 "speed": v.speed,
                 "max_step": v.max_step,
