@@ -204,7 +204,7 @@ def quality(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             progress=False,
         )
-        keys = ("videos", "right", "right_wilson95", "failures", "identity", "seam")
+        keys = ("videos", "right", "right_wilson95", "failures", "reasons", "identity", "seam")
         row = {"what": "long_quality", **{k: report[k] for k in keys}}
         print(json.dumps({**row, **report["settings"], **machine()}), flush=True)
 
