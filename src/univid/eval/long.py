@@ -453,9 +453,10 @@ def _seam_statistics(verdicts: list[LongVerdict]) -> dict:
 
 def summarize_long(verdicts: list[LongVerdict], chunk: int) -> dict:
     """Pool long-video verdicts into a JSON-ready summary: share right with its Wilson 95 %
-    interval, share per failure (LONG_FAILURES) and per broken rule whatever came first
-    (LONG_REASONS: a video may count in several), mean identity, seam statistics (border against
-    inside step error) and the drift series per frame index (nan as None)."""
+    interval, share per failure (LONG_FAILURES, the first rule broken) and per reason
+    (LONG_REASONS, every rule broken: a video counts under each of its reasons), mean identity,
+    seam statistics (border against inside step error) and the drift series per frame index (nan
+    as None)."""
     if not verdicts:
         raise ValueError("summarize_long needs at least one verdict")
     right = sum(v.failure is None for v in verdicts)
